@@ -1,0 +1,3 @@
+from drainctl.cli import main
+
+main()

@@ -1,0 +1,475 @@
+"""The live model: every worker, and every task it is running, holding prefetched or holding for an ETA.
+
+Pure and single-writer: `Cluster.apply(event, now)`, `Cluster.merge(snapshot, now)` and
+`Cluster.tick(now)` are the only mutations, and each returns what the shell must act on
+(`Command`) or may report (`Notice`). Time is an input, so every rule here is testable as data.
+
+Ordering rules (DESIGN §3):
+- Lamport clocks are compared only within one worker process (pid): task events are buffered and
+  flushed as ``task.multi`` lists after heartbeats with higher clocks, so clocks are compared per
+  kind — task events with task events, worker events with worker events.
+- A finished task leaves a tombstone; a late event for it (clock at or below the tombstone's)
+  is ignored instead of resurrecting it. Tombstones are bounded (oldest dropped first).
+- A snapshot taken at clock C replaces what the model learnt at or before C and leaves alone what
+  events taught it after C.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+from drainctl.core.commands import Command, EnableEvents, Reconcile
+from drainctl.core.events import TERMINAL_TASK_EVENTS, Event, TaskEvent, WorkerEvent
+from drainctl.core.snapshot import TaskState, WorkerSnapshot
+
+__all__ = ["Cluster", "Notice", "Task", "TaskState", "Worker", "WorkerState"]
+
+DEFAULT_MAX_TOMBSTONES: Final = 50_000
+
+
+class WorkerState(StrEnum):
+    ONLINE = "online"
+    # worker-offline was received: a warm shutdown has *started*; tasks may still run.
+    OFFLINE = "offline"
+    # Heartbeats stopped for longer than the window: a suspicion, not a verdict.
+    SILENT = "silent"
+
+
+class TaskEvents(StrEnum):
+    UNKNOWN = "unknown"
+    ON = "on"  # seen task events, or the worker said they were already on
+    ENABLED = "enabled"  # drainctl turned them on with `enable_events`
+
+
+@dataclass(slots=True)
+class Task:
+    uuid: str
+    name: str | None
+    state: TaskState
+    received_at: float
+    started_at: float | None = None
+    eta: str | None = None
+    retries: int = 0
+    # Clock and pid of the newest information about this task (event or snapshot).
+    clock: int = 0
+    pid: int | None = None
+
+
+@dataclass(slots=True)
+class Worker:
+    hostname: str
+    first_seen: float
+    last_seen: float
+    state: WorkerState = WorkerState.ONLINE
+    pid: int | None = None
+    sw_ver: str | None = None
+    sw_ident: str | None = None
+    freq: float = 2.0
+    last_heartbeat: float | None = None
+    heartbeat_active: int | None = None
+    processed: int | None = None
+    loadavg: tuple[float, ...] | None = None
+    queues: tuple[str, ...] | None = None
+    task_events: TaskEvents = TaskEvents.UNKNOWN
+    offline_at: float | None = None
+    worker_clock: int = -1
+    tasks: dict[str, Task] = field(default_factory=dict)
+    # Collision detection: pids seen under this hostname, with the time each was last heard.
+    pids: dict[int, float] = field(default_factory=dict)
+    offline_pids: set[int] = field(default_factory=set)
+    collision_at: float | None = None
+    collision_reason: str | None = None
+    active_mismatches: int = 0
+    reconcile_requested_at: float | None = None
+
+    @property
+    def collision(self) -> bool:
+        return self.collision_at is not None
+
+    def count(self, state: TaskState) -> int:
+        return sum(1 for t in self.tasks.values() if t.state is state)
+
+    def task_ids(self, state: TaskState) -> list[str]:
+        return sorted(t.uuid for t in self.tasks.values() if t.state is state)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something worth a log line. `kind` is a short stable label."""
+
+    kind: str
+    hostname: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Tombstone:
+    clock: int
+    pid: int | None
+
+
+def _same_process(a: int | None, b: int | None) -> bool:
+    return a is None or b is None or a == b
+
+
+class Cluster:
+    def __init__(
+        self,
+        *,
+        silent_after_s: float = 10.0,
+        offline_retention_s: float = 60.0,
+        reconcile_min_interval_s: float = 30.0,
+        max_tombstones: int = DEFAULT_MAX_TOMBSTONES,
+    ) -> None:
+        self.silent_after_s = silent_after_s
+        self.offline_retention_s = offline_retention_s
+        self.reconcile_min_interval_s = reconcile_min_interval_s
+        self.max_tombstones = max_tombstones
+        self.workers: dict[str, Worker] = {}
+        self._tombstones: OrderedDict[tuple[str, str], _Tombstone] = OrderedDict()
+        # History lives in counters, not in the model: memory is O(in-flight).
+        self.events_by_type: dict[str, int] = {}
+        self.late_events = 0
+        self.task_outcomes: dict[str, int] = {}
+        self.snapshots_merged = 0
+
+    # ------------------------------------------------------------------ queries
+    def worker(self, hostname: str) -> Worker | None:
+        return self.workers.get(hostname)
+
+    def tombstones(self) -> int:
+        return len(self._tombstones)
+
+    def in_flight(self) -> int:
+        return sum(len(w.tasks) for w in self.workers.values())
+
+    def silent_window(self, worker: Worker) -> float:
+        return max(self.silent_after_s, 2.0 * worker.freq)
+
+    # ------------------------------------------------------------------ inputs
+    def apply(self, event: Event, now: float) -> tuple[list[Command], list[Notice]]:
+        counts = self.events_by_type
+        counts[event.type] = counts.get(event.type, 0) + 1
+        if isinstance(event, TaskEvent):
+            if event.type == "task-sent":
+                # Sent by a client, not a worker: counted, not modelled.
+                return [], []
+            return self._apply_task(event, now)
+        return self._apply_worker(event, now)
+
+    def apply_all(self, events: Iterable[Event], now: float) -> tuple[list[Command], list[Notice]]:
+        commands: list[Command] = []
+        notices: list[Notice] = []
+        for event in events:
+            c, n = self.apply(event, now)
+            if c:
+                commands.extend(c)
+            if n:
+                notices.extend(n)
+        return commands, notices
+
+    def _discover(self, hostname: str, now: float, reason: str) -> tuple[Worker, list[Command], list[Notice]]:
+        worker = self.workers.get(hostname)
+        if worker is not None:
+            return worker, [], []
+        worker = Worker(hostname=hostname, first_seen=now, last_seen=now)
+        self.workers[hostname] = worker
+        worker.reconcile_requested_at = now
+        commands: list[Command] = [Reconcile(hostname, reason), EnableEvents(hostname)]
+        return worker, commands, [Notice("worker-discovered", hostname, reason)]
+
+    def _note_pid(self, worker: Worker, pid: int | None, now: float, *, online: bool) -> Notice | None:
+        """Track which process speaks for a hostname; flag two live ones as a collision."""
+        if pid is None:
+            return None
+        if worker.pid is None or pid == worker.pid:
+            worker.pid = pid
+            worker.pids[pid] = now
+            return None
+        known = pid in worker.pids
+        current_recent = (
+            worker.pid not in worker.offline_pids
+            and now - worker.pids.get(worker.pid, -1e18) <= self.silent_window(worker)
+        )
+        if known and pid in worker.offline_pids:
+            # A previous incarnation finishing its warm shutdown: its events are expected.
+            worker.pids[pid] = now
+            return None
+        if known or (not online and current_recent):
+            worker.pids[pid] = now
+            return self._collide(worker, now, f"two processes (pids {worker.pid} and {pid}) use this name")
+        # A new incarnation (restart after exit or SIGKILL).
+        previous = worker.pid
+        worker.pid = pid
+        worker.pids[pid] = now
+        worker.worker_clock = -1
+        return Notice("worker-restarted", worker.hostname, f"pid {previous} -> {pid}")
+
+    def _collide(self, worker: Worker, now: float, reason: str) -> Notice | None:
+        first = worker.collision_at is None
+        worker.collision_at = now
+        worker.collision_reason = reason
+        return Notice("hostname-collision", worker.hostname, reason) if first else None
+
+    def _apply_worker(self, event: WorkerEvent, now: float) -> tuple[list[Command], list[Notice]]:
+        worker, commands, notices = self._discover(event.hostname, now, event.type)
+        online = event.type == "worker-online"
+        notice = self._note_pid(worker, event.pid, now, online=online)
+        if notice is not None:
+            notices.append(notice)
+            if notice.kind == "worker-restarted":
+                notices.extend(self._drop_tasks_of_dead_incarnation(worker))
+        if not _same_process(event.pid, worker.pid):
+            # An event from a previous incarnation or a colliding process: it must not
+            # move the state of the current one.
+            return commands, notices
+        if event.clock < worker.worker_clock and not online:
+            notice = self._collide(
+                worker, now, f"worker clock went backwards ({worker.worker_clock} -> {event.clock})"
+            )
+            if notice is not None:
+                notices.append(notice)
+            return commands, notices
+        worker.worker_clock = event.clock
+        worker.last_seen = now
+        worker.freq = event.freq
+        if event.sw_ver is not None:
+            worker.sw_ver = event.sw_ver
+        if event.sw_ident is not None:
+            worker.sw_ident = event.sw_ident
+        if event.processed is not None:
+            worker.processed = event.processed
+        if event.loadavg is not None:
+            worker.loadavg = event.loadavg
+
+        if event.type == "worker-offline":
+            if worker.state is not WorkerState.OFFLINE:
+                worker.state = WorkerState.OFFLINE
+                worker.offline_at = now
+                if worker.pid is not None:
+                    worker.offline_pids.add(worker.pid)
+                notices.append(Notice("worker-offline", worker.hostname, f"{len(worker.tasks)} tasks held"))
+            return commands, notices
+
+        worker.last_heartbeat = now
+        previous = worker.state
+        worker.state = WorkerState.ONLINE
+        worker.offline_at = None
+        if online:
+            if not commands:  # a known worker came (back) online: ask what it holds
+                worker.reconcile_requested_at = now
+                commands = [Reconcile(worker.hostname, "worker-online"), EnableEvents(worker.hostname)]
+            notices.append(Notice("worker-online", worker.hostname, f"celery {event.sw_ver or '?'}"))
+        elif previous is WorkerState.SILENT:
+            notices.append(Notice("worker-recovered", worker.hostname, "heartbeats resumed"))
+        if event.type == "worker-heartbeat" and event.active is not None:
+            worker.heartbeat_active = event.active
+            commands.extend(self._check_active(worker, event.active, now))
+        return commands, notices
+
+    def _check_active(self, worker: Worker, active: int, now: float) -> list[Command]:
+        """The heartbeat's count of running tasks is a veto: a lasting disagreement asks the worker."""
+        if active == worker.count(TaskState.RUNNING):
+            worker.active_mismatches = 0
+            return []
+        worker.active_mismatches += 1
+        # One disagreement can be a heartbeat sent between two events; two in a row is not.
+        if worker.active_mismatches < 2:
+            return []
+        last = worker.reconcile_requested_at
+        if last is not None and now - last < self.reconcile_min_interval_s:
+            return []
+        worker.reconcile_requested_at = now
+        worker.active_mismatches = 0
+        commands: list[Command] = [Reconcile(worker.hostname, "heartbeat-active-mismatch")]
+        if worker.task_events is TaskEvents.UNKNOWN:
+            commands.append(EnableEvents(worker.hostname))
+        return commands
+
+    def _drop_tasks_of_dead_incarnation(self, worker: Worker) -> list[Notice]:
+        gone = [t for t in worker.tasks.values() if t.pid is not None and t.pid != worker.pid]
+        gone = [t for t in gone if t.pid not in worker.offline_pids]
+        for task in gone:
+            del worker.tasks[task.uuid]
+        if not gone:
+            return []
+        ids = ", ".join(sorted(t.uuid for t in gone))
+        return [Notice("tasks-lost", worker.hostname, f"previous process held {ids}")]
+
+    def _apply_task(self, event: TaskEvent, now: float) -> tuple[list[Command], list[Notice]]:
+        worker, commands, notices = self._discover(event.hostname, now, event.type)
+        if worker.task_events is TaskEvents.UNKNOWN:
+            worker.task_events = TaskEvents.ON
+        worker.last_seen = now
+        if event.pid is not None and event.pid not in worker.pids:
+            notice = self._note_pid(worker, event.pid, now, online=False)
+            if notice is not None:
+                notices.append(notice)
+        elif event.pid is not None:
+            worker.pids[event.pid] = now
+        key = (event.hostname, event.uuid)
+        tomb = self._tombstones.get(key)
+        if tomb is not None and _same_process(tomb.pid, event.pid) and event.clock <= tomb.clock:
+            self.late_events += 1
+            return commands, notices
+        task = worker.tasks.get(event.uuid)
+        if task is not None and _same_process(task.pid, event.pid) and event.clock < task.clock:
+            self.late_events += 1
+            return commands, notices
+        etype = event.type
+        if etype in TERMINAL_TASK_EVENTS:
+            if task is not None:
+                del worker.tasks[event.uuid]
+            self._bury(key, event.clock, event.pid)
+            outcomes = self.task_outcomes
+            outcomes[etype] = outcomes.get(etype, 0) + 1
+            return commands, notices
+        if tomb is not None:
+            # Re-received after it ended here (a retry, a redelivery): alive again.
+            del self._tombstones[key]
+        if etype == "task-received":
+            if task is None:
+                state = TaskState.SCHEDULED if event.eta else TaskState.RESERVED
+                worker.tasks[event.uuid] = Task(
+                    uuid=event.uuid,
+                    name=event.name,
+                    state=state,
+                    received_at=now,
+                    eta=event.eta,
+                    retries=event.retries,
+                    clock=event.clock,
+                    pid=event.pid,
+                )
+            else:
+                task.name = event.name or task.name
+                task.eta = event.eta
+                task.retries = event.retries
+                task.clock = event.clock
+                task.pid = event.pid
+                if task.state is not TaskState.RUNNING:
+                    task.state = TaskState.SCHEDULED if event.eta else TaskState.RESERVED
+        else:  # task-started
+            if task is None:
+                task = Task(uuid=event.uuid, name=event.name, state=TaskState.RUNNING, received_at=now)
+                worker.tasks[event.uuid] = task
+            task.state = TaskState.RUNNING
+            task.started_at = now
+            task.clock = event.clock
+            task.pid = event.pid
+        return commands, notices
+
+    def _bury(self, key: tuple[str, str], clock: int, pid: int | None) -> None:
+        tombstones = self._tombstones
+        tombstones[key] = _Tombstone(clock, pid)
+        tombstones.move_to_end(key)
+        while len(tombstones) > self.max_tombstones:
+            tombstones.popitem(last=False)
+
+    def note_task_events(self, hostname: str, enabled_now: bool) -> None:
+        """The reply to `enable_events`: whether drainctl turned task events on or they already were."""
+        worker = self.workers.get(hostname)
+        if worker is not None:
+            worker.task_events = TaskEvents.ENABLED if enabled_now else TaskEvents.ON
+
+    def merge(self, snapshot: WorkerSnapshot, now: float) -> list[Notice]:
+        """Merge one worker's reconcile reply. The worker replied, so it is alive."""
+        worker = self.workers.get(snapshot.hostname)
+        notices: list[Notice] = []
+        if worker is None:
+            worker = Worker(hostname=snapshot.hostname, first_seen=now, last_seen=now)
+            self.workers[snapshot.hostname] = worker
+            notices.append(Notice("worker-discovered", snapshot.hostname, "reconcile reply"))
+        worker.last_seen = now
+        if worker.state is WorkerState.SILENT:
+            worker.state = WorkerState.ONLINE
+            notices.append(Notice("worker-recovered", worker.hostname, "answered a reconcile"))
+        if snapshot.queues is not None:
+            worker.queues = snapshot.queues
+        if snapshot.tasks is None:
+            return notices
+        self.snapshots_merged += 1
+        base = snapshot.clock
+        if base is None:
+            # Without the worker's clock, treat all the model knows as older than the snapshot.
+            base = max((t.clock for t in worker.tasks.values()), default=0)
+        listed = {info.uuid: info for info in snapshot.tasks}
+        removed: list[str] = []
+        for uuid, task in list(worker.tasks.items()):
+            if task.clock > base and _same_process(task.pid, worker.pid):
+                continue  # events told us something newer than the snapshot
+            if uuid not in listed:
+                del worker.tasks[uuid]
+                removed.append(uuid)
+        added: list[str] = []
+        for uuid, info in listed.items():
+            tomb = self._tombstones.get((worker.hostname, uuid))
+            if tomb is not None and tomb.clock > base and _same_process(tomb.pid, worker.pid):
+                continue  # it finished after the snapshot was taken
+            current = worker.tasks.get(uuid)
+            if current is not None and current.clock > base and _same_process(current.pid, worker.pid):
+                continue
+            if current is None:
+                current = Task(uuid=uuid, name=info.name, state=info.state, received_at=now)
+                worker.tasks[uuid] = current
+                added.append(uuid)
+            task = current
+            task.name = info.name or task.name
+            task.state = info.state
+            task.eta = info.eta
+            task.clock = base
+            task.pid = worker.pid
+            if info.state is TaskState.RUNNING and task.started_at is None:
+                task.started_at = now
+        if removed or added:
+            notices.append(
+                Notice("reconcile-corrected", worker.hostname, f"added {len(added)}, removed {len(removed)}")
+            )
+        return notices
+
+    def tick(self, now: float) -> list[Notice]:
+        """Time passes: heartbeats overdue make a worker silent; finished offline workers leave."""
+        notices: list[Notice] = []
+        for worker in list(self.workers.values()):
+            window = self.silent_window(worker)
+            if worker.state is WorkerState.ONLINE:
+                reference = worker.last_heartbeat if worker.last_heartbeat is not None else worker.last_seen
+                if now - reference > window:
+                    worker.state = WorkerState.SILENT
+                    notices.append(
+                        Notice(
+                            "worker-silent",
+                            worker.hostname,
+                            f"no heartbeat for {now - reference:.1f}s; holds {len(worker.tasks)} tasks",
+                        )
+                    )
+            elif (
+                worker.state is WorkerState.OFFLINE
+                and not worker.tasks
+                and worker.offline_at is not None
+                # retention counts from the last sign of life: the end of its last task
+                and now - max(worker.offline_at, worker.last_seen) >= self.offline_retention_s
+            ):
+                del self.workers[worker.hostname]
+                notices.append(Notice("worker-removed", worker.hostname, "offline and idle"))
+                continue
+            if worker.collision_at is not None and now - worker.collision_at > 2 * window:
+                worker.collision_at = None
+                worker.collision_reason = None
+                notices.append(Notice("hostname-collision-cleared", worker.hostname, ""))
+            if len(worker.pids) > 1:
+                for pid, seen in list(worker.pids.items()):
+                    if pid != worker.pid and now - seen > 2 * window:
+                        del worker.pids[pid]
+                        worker.offline_pids.discard(pid)
+        return notices
+
+    def forget(self, hostname: str) -> Worker | None:
+        """Remove a worker the runtime confirmed gone; returns it with the tasks it held."""
+        return self.workers.pop(hostname, None)
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(self.workers.values())
