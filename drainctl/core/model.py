@@ -369,20 +369,30 @@ class Cluster:
         while len(tombstones) > self.max_tombstones:
             tombstones.popitem(last=False)
 
-    def note_task_events(self, hostname: str, enabled_now: bool) -> None:
-        """The reply to `enable_events`: whether drainctl turned task events on or they already were."""
-        worker = self.workers.get(hostname)
-        if worker is not None:
-            worker.task_events = TaskEvents.ENABLED if enabled_now else TaskEvents.ON
+    def note_task_events(self, hostname: str, enabled_now: bool, now: float) -> list[Command]:
+        """The reply to `enable_events`: whether drainctl turned task events on or they already were.
 
-    def merge(self, snapshot: WorkerSnapshot, now: float) -> list[Notice]:
+        When drainctl just turned them on, everything the worker did before went unseen: ask it.
+        """
+        worker = self.workers.get(hostname)
+        if worker is None:
+            return []
+        worker.task_events = TaskEvents.ENABLED if enabled_now else TaskEvents.ON
+        if not enabled_now:
+            return []
+        worker.reconcile_requested_at = now
+        return [Reconcile(hostname, "events-enabled")]
+
+    def merge(self, snapshot: WorkerSnapshot, now: float) -> tuple[list[Command], list[Notice]]:
         """Merge one worker's reconcile reply. The worker replied, so it is alive."""
         worker = self.workers.get(snapshot.hostname)
         notices: list[Notice] = []
+        commands: list[Command] = []
         if worker is None:
             worker = Worker(hostname=snapshot.hostname, first_seen=now, last_seen=now)
             self.workers[snapshot.hostname] = worker
             notices.append(Notice("worker-discovered", snapshot.hostname, "reconcile reply"))
+            commands.append(EnableEvents(snapshot.hostname))
         worker.last_seen = now
         if worker.state is WorkerState.SILENT:
             worker.state = WorkerState.ONLINE
@@ -390,7 +400,7 @@ class Cluster:
         if snapshot.queues is not None:
             worker.queues = snapshot.queues
         if snapshot.tasks is None:
-            return notices
+            return commands, notices
         self.snapshots_merged += 1
         base = snapshot.clock
         if base is None:
@@ -428,7 +438,7 @@ class Cluster:
             notices.append(
                 Notice("reconcile-corrected", worker.hostname, f"added {len(added)}, removed {len(removed)}")
             )
-        return notices
+        return commands, notices
 
     def tick(self, now: float) -> list[Notice]:
         """Time passes: heartbeats overdue make a worker silent; finished offline workers leave."""

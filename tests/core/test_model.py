@@ -196,13 +196,15 @@ def test_heartbeat_without_active_never_counts_as_disagreement() -> None:
     assert worker is not None and worker.heartbeat_active is None
 
 
-def test_enable_events_reply_is_recorded() -> None:
+def test_enable_events_reply_is_recorded_and_turning_them_on_reconciles() -> None:
     cluster = Cluster()
     online(cluster)
-    cluster.note_task_events(HOST, enabled_now=True)
+    assert cluster.note_task_events(HOST, enabled_now=True, now=1) == [Reconcile(HOST, "events-enabled")]
     worker = cluster.worker(HOST)
     assert worker is not None and worker.task_events is TaskEvents.ENABLED
-    cluster.note_task_events("unknown@x", enabled_now=True)  # no crash for an unknown worker
+    assert cluster.note_task_events(HOST, enabled_now=False, now=2) == []
+    assert worker.task_events is TaskEvents.ON
+    assert cluster.note_task_events("unknown@x", enabled_now=True, now=3) == []
 
 
 # --- collisions and restarts ---------------------------------------------------------------------------
@@ -264,6 +266,10 @@ def test_warm_shutdown_then_restart_keeps_old_tasks_until_they_end() -> None:
 
 # --- snapshots -----------------------------------------------------------------------------------------
 
+def merge(cluster: Cluster, snapshot: WorkerSnapshot, now: float) -> list[Notice]:
+    return cluster.merge(snapshot, now)[1]
+
+
 def snap(clock: int | None, *tasks: TaskInfo, queues: tuple[str, ...] | None = ("default",)) -> WorkerSnapshot:
     return WorkerSnapshot(HOST, clock, tuple(tasks), queues)
 
@@ -271,7 +277,7 @@ def snap(clock: int | None, *tasks: TaskInfo, queues: tuple[str, ...] | None = (
 def test_snapshot_fills_in_what_events_never_told() -> None:
     cluster = Cluster()
     online(cluster)
-    cluster.merge(snap(10, TaskInfo("a", "t", TaskState.RUNNING), TaskInfo("b", "t", TaskState.RESERVED),
+    merge(cluster, snap(10, TaskInfo("a", "t", TaskState.RUNNING), TaskInfo("b", "t", TaskState.RESERVED),
                        TaskInfo("c", "t", TaskState.SCHEDULED, ETA)), now=5)
     assert states(cluster) == {"a": "running", "b": "reserved", "c": "scheduled"}
     worker = cluster.worker(HOST)
@@ -281,7 +287,7 @@ def test_snapshot_fills_in_what_events_never_told() -> None:
 def test_snapshot_removes_tasks_it_no_longer_lists_when_older() -> None:
     cluster = Cluster()
     feed(cluster, [worker_event("online", 1), task_event("started", "a", 5)])
-    notices = cluster.merge(snap(10), now=1)
+    notices = merge(cluster, snap(10), now=1)
     assert states(cluster) == {}
     assert [n.kind for n in notices] == ["reconcile-corrected"]
 
@@ -289,48 +295,50 @@ def test_snapshot_removes_tasks_it_no_longer_lists_when_older() -> None:
 def test_events_newer_than_the_snapshot_win() -> None:
     cluster = Cluster()
     feed(cluster, [worker_event("online", 1), task_event("received", "new", 12), task_event("started", "b", 13)])
-    cluster.merge(snap(10, TaskInfo("b", "t", TaskState.RESERVED)), now=1)
+    merge(cluster, snap(10, TaskInfo("b", "t", TaskState.RESERVED)), now=1)
     assert states(cluster) == {"b": "running", "new": "reserved"}
 
 
 def test_snapshot_does_not_resurrect_a_task_that_finished_after_it() -> None:
     cluster = Cluster()
     feed(cluster, [worker_event("online", 1), task_event("started", "a", 5), task_event("succeeded", "a", 12)])
-    cluster.merge(snap(10, TaskInfo("a", "t", TaskState.RUNNING)), now=1)
+    merge(cluster, snap(10, TaskInfo("a", "t", TaskState.RUNNING)), now=1)
     assert states(cluster) == {}
 
 
 def test_snapshot_overrides_older_event_knowledge() -> None:
     cluster = Cluster()
     feed(cluster, [worker_event("online", 1), task_event("received", "a", 5)])
-    cluster.merge(snap(10, TaskInfo("a", "t", TaskState.RUNNING)), now=1)
+    merge(cluster, snap(10, TaskInfo("a", "t", TaskState.RUNNING)), now=1)
     assert states(cluster) == {"a": "running"}
 
 
 def test_snapshot_without_clock_trusts_the_snapshot() -> None:
     cluster = Cluster()
     feed(cluster, [worker_event("online", 1), task_event("received", "a", 5)])
-    cluster.merge(snap(None, TaskInfo("b", "t", TaskState.RUNNING)), now=1)
+    merge(cluster, snap(None, TaskInfo("b", "t", TaskState.RUNNING)), now=1)
     assert states(cluster) == {"b": "running"}
 
 
 def test_partial_snapshot_changes_no_tasks() -> None:
     cluster = Cluster()
     feed(cluster, [worker_event("online", 1), task_event("received", "a", 5)])
-    cluster.merge(WorkerSnapshot(HOST, 10, None, ("q",)), now=1)
+    merge(cluster, WorkerSnapshot(HOST, 10, None, ("q",)), now=1)
     assert states(cluster) == {"a": "reserved"}
     assert cluster.snapshots_merged == 0
 
 
 def test_snapshot_of_unknown_worker_creates_it_and_revives_silent_ones() -> None:
     cluster = Cluster(silent_after_s=1)
-    notices = cluster.merge(snap(3, TaskInfo("a", "t", TaskState.RUNNING)), now=0)
+    commands, notices = cluster.merge(snap(3, TaskInfo("a", "t", TaskState.RUNNING)), now=0)
     assert [n.kind for n in notices] == ["worker-discovered", "reconcile-corrected"]
+    assert commands == [EnableEvents(HOST)]
     cluster.tick(10)
     worker = cluster.worker(HOST)
     assert worker is not None and worker.state is WorkerState.SILENT
-    notices = cluster.merge(snap(4, TaskInfo("a", "t", TaskState.RUNNING)), now=11)
+    commands, notices = cluster.merge(snap(4, TaskInfo("a", "t", TaskState.RUNNING)), now=11)
     assert [n.kind for n in notices] == ["worker-recovered"]
+    assert commands == []  # task events were asked for once, on discovery
 
 
 def test_build_snapshot_from_celery_replies() -> None:

@@ -1,0 +1,410 @@
+"""The controller: one root task group, every input through one bounded stream, one reducer.
+
+Broker events, reconcile replies, command results and timer ticks are all `Input`s. Only the reducer
+mutates the model; everything else runs I/O and sends its result back as an input, so failures are
+inputs too, never swallowed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from drainctl import broker
+from drainctl.config import Settings
+from drainctl.core.commands import Command, EnableEvents, Reconcile
+from drainctl.core.events import Decoded
+from drainctl.core.model import Cluster, Notice
+from drainctl.core.snapshot import WorkerSnapshot, build_snapshot
+from drainctl.errors import BrokerUnavailableError, DrainctlError
+from drainctl.redact import redact_text, redact_url
+
+log = structlog.get_logger("drainctl")
+
+INBOX_SIZE: Final = 256
+TICK_S: Final = 1.0
+
+
+# --------------------------------------------------------------------------- inputs
+
+@dataclass(frozen=True, slots=True)
+class EventsIn:
+    batch: Sequence[Decoded]
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedIn:
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUp:
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerDown:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotsIn:
+    reason: str
+    target: str | None
+    snapshots: tuple[WorkerSnapshot, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EventsEnabledIn:
+    hostname: str
+    enabled_now: bool | None  # None: no reply (unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFailed:
+    command: Command
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+Input = EventsIn | DroppedIn | BrokerUp | BrokerDown | SnapshotsIn | EventsEnabledIn | CommandFailed | Tick
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """Counters the model does not own; read by /metrics and /status."""
+
+    messages: int = 0
+    events: int = 0
+    bytes: int = 0
+    malformed: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+    reconciles: dict[str, int] = field(default_factory=dict)
+    reconcile_no_reply: int = 0
+    connected: bool = False
+    connects: int = 0
+    last_event_wall: float | None = None
+    started_wall: float = field(default_factory=time.time)
+
+
+class _RateLimitedLog:
+    """One line now, then at most one summary line per interval: a flood of garbage is visible, not deafening."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last = -1e18
+        self._suppressed = 0
+
+    def should_log(self, now: float) -> tuple[bool, int]:
+        if now - self._last >= self.interval_s:
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+            return True, suppressed
+        self._suppressed += 1
+        return False, 0
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        broker_url: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.broker_url = broker_url
+        self.clock = clock
+        c = settings.controller
+        self.cluster = Cluster(
+            silent_after_s=c.silent_after_s,
+            offline_retention_s=c.offline_retention_s,
+            reconcile_min_interval_s=c.reconcile_min_interval_s,
+        )
+        self.stats = IngestStats()
+        self.event_queue = broker.EventQueueSpec(
+            name=f"drainctl.{c.id}",
+            expires_s=settings.events.queue_expires_s,
+            max_length=settings.events.max_length,
+            prefetch=settings.events.prefetch,
+        )
+        self.control: broker.ControlClient | None = None
+        # Set once the start-up reconcile has been merged: the model is complete from then on.
+        self.synced = anyio.Event()
+        send, receive = anyio.create_memory_object_stream[Input](INBOX_SIZE)
+        self._send: MemoryObjectSendStream[Input] = send
+        self._receive: MemoryObjectReceiveStream[Input] = receive
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._reconciling: set[str | None] = set()
+        self._malformed_log = _RateLimitedLog(10.0)
+        self._connection_closer: Callable[[], Any] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        log.info(
+            "controller starting",
+            controller_id=self.settings.controller.id,
+            broker=redact_url(self.broker_url),
+            event_queue=self.event_queue.name,
+        )
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._reduce)
+            tg.start_soon(self._tick)
+            tg.start_soon(self._broker_loop)
+            task_status.started()
+
+    async def submit(self, item: Input) -> None:
+        await self._send.send(item)
+
+    # ------------------------------------------------------------------ broker shell
+    async def _broker_loop(self) -> None:
+        backoff = 0.5
+        maximum = self.settings.broker.reconnect_max_backoff_s
+        first = True
+        while True:
+            started = self.clock()
+            try:
+                await self._broker_session(first)
+            except DrainctlError as exc:
+                reason = str(exc)
+            except Exception as exc:  # an aio-pika/aiormq failure of any shape ends this session only
+                reason = redact_text(f"{type(exc).__name__}: {exc}")
+            else:
+                reason = "connection closed"
+            if self.stats.connected:
+                first = False
+            self.control = None
+            was_connected = self.stats.connected
+            self.stats.connected = False
+            await self._send.send(BrokerDown(reason))
+            if self.clock() - started > 30:
+                backoff = 0.5
+            delay = min(backoff, maximum) * random.uniform(0.8, 1.2)
+            log.warning("broker unavailable; retrying", reason=reason, retry_in_s=round(delay, 2),
+                        was_connected=was_connected)
+            await anyio.sleep(delay)
+            backoff = min(backoff * 2, maximum)
+
+    async def _broker_session(self, first: bool) -> None:
+        tls = broker.TlsFiles(
+            *(str(p) if p is not None else None for p in (
+                self.settings.broker.ca_file, self.settings.broker.cert_file, self.settings.broker.key_file))
+        )
+        connection = await broker.connect(
+            self.broker_url, tls, name=f"drainctl {self.settings.controller.id}"
+        )
+        try:
+            closed = anyio.Event()
+            connection.close_callbacks.add(lambda *_: closed.set())
+            channel = await connection.channel()
+            await broker.declare_event_topology(channel, self.event_queue)
+            control = await broker.ControlClient.open(connection, self.settings.controller.id)
+            dropped_channel = await connection.channel()
+            async with anyio.create_task_group() as tg:
+                await tg.start(broker.consume_events, channel, self.event_queue, self._on_batch)
+                tg.start_soon(broker.consume_dropped, dropped_channel, self.event_queue, self._on_dropped)
+                self.control = control
+                self.stats.connected = True
+                self.stats.connects += 1
+                log.info("broker connected", broker=redact_url(self.broker_url), first=first)
+                await self._send.send(BrokerUp(first))
+                await closed.wait()
+                tg.cancel_scope.cancel()
+            raise BrokerUnavailableError("the broker closed the connection")
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await connection.close()
+
+    async def _on_batch(self, batch: broker.EventBatch, nbytes: int) -> None:
+        await self._send.send(EventsIn(batch, nbytes))
+
+    async def _on_dropped(self, events: int) -> None:
+        await self._send.send(DroppedIn(events))
+
+    async def _tick(self) -> None:
+        # The clock is an input: time-based transitions (the silent window) are evaluated on ticks.
+        while True:
+            await anyio.sleep(TICK_S)
+            await self._send.send(Tick())
+
+    # ------------------------------------------------------------------ the reducer
+    async def _reduce(self) -> None:
+        async with self._receive:
+            async for item in self._receive:
+                now = self.clock()
+                commands: list[Command] = []
+                notices: list[Notice] = []
+                if isinstance(item, EventsIn):
+                    self._ingest(item, now, commands, notices)
+                elif isinstance(item, Tick):
+                    notices = self.cluster.tick(now)
+                elif isinstance(item, SnapshotsIn):
+                    self._merge(item, now, commands, notices)
+                elif isinstance(item, EventsEnabledIn):
+                    if item.enabled_now is not None:
+                        commands = self.cluster.note_task_events(item.hostname, item.enabled_now, now)
+                        if item.enabled_now:
+                            log.info("task events turned on", worker=item.hostname)
+                elif isinstance(item, DroppedIn):
+                    self.stats.dropped += item.events
+                    log.warning("event queue overflowed; oldest events dropped", events=item.events,
+                                total=self.stats.dropped)
+                elif isinstance(item, BrokerUp):
+                    if item.first:
+                        commands.append(Reconcile(None, "startup"))
+                    else:
+                        commands.extend(Reconcile(h, "reconnect") for h in sorted(self.cluster.workers))
+                elif isinstance(item, BrokerDown):
+                    pass
+                elif isinstance(item, CommandFailed):
+                    log.warning("command failed", command=repr(item.command), error=item.error)
+                for notice in notices:
+                    self._log_notice(notice)
+                for command in commands:
+                    self._execute(command)
+
+    def _ingest(self, item: EventsIn, now: float, commands: list[Command], notices: list[Notice]) -> None:
+        stats = self.stats
+        stats.messages += len(item.batch)
+        stats.bytes += item.nbytes
+        apply = self.cluster.apply
+        for decoded in item.batch:
+            if decoded.rejections:
+                self._malformed(decoded, now)
+            stats.events += len(decoded.events)
+            for event in decoded.events:
+                c, n = apply(event, now)
+                if c:
+                    commands.extend(c)
+                if n:
+                    notices.extend(n)
+        stats.last_event_wall = time.time()
+
+    def _malformed(self, decoded: Decoded, now: float) -> None:
+        for rejection in decoded.rejections:
+            self.stats.malformed[rejection.reason] = self.stats.malformed.get(rejection.reason, 0) + 1
+        emit, suppressed = self._malformed_log.should_log(now)
+        if emit:
+            first = decoded.rejections[0]
+            log.warning("malformed event ignored", reason=first.reason, detail=first.detail,
+                        suppressed_since_last=suppressed)
+
+    def _merge(self, item: SnapshotsIn, now: float, commands: list[Command], notices: list[Notice]) -> None:
+        self._reconciling.discard(item.target)
+        self.stats.reconciles[item.reason] = self.stats.reconciles.get(item.reason, 0) + 1
+        if item.target is not None and not item.snapshots:
+            self.stats.reconcile_no_reply += 1
+            log.info("no reconcile reply (unknown, not empty)", worker=item.target, reason=item.reason)
+        for snapshot in item.snapshots:
+            if snapshot.problems:
+                log.warning("partial reconcile reply", worker=snapshot.hostname, problems=list(snapshot.problems))
+            c, n = self.cluster.merge(snapshot, now)
+            commands.extend(c)
+            notices.extend(n)
+        if item.target is None:
+            log.info("start-up reconcile merged", workers=len(item.snapshots),
+                     in_flight=self.cluster.in_flight())
+            self.synced.set()
+
+    def _log_notice(self, notice: Notice) -> None:
+        level = "warning" if notice.kind in {
+            "worker-silent", "hostname-collision", "tasks-lost", "reconcile-corrected"} else "info"
+        getattr(log, level)(notice.kind.replace("-", " "), worker=notice.hostname, detail=notice.detail)
+
+    # ------------------------------------------------------------------ commands
+    def _execute(self, command: Command) -> None:
+        assert self._tg is not None
+        if isinstance(command, Reconcile):
+            if command.hostname in self._reconciling:
+                return  # one at a time per target; the running one answers the same question
+            if self.control is None:
+                return  # disconnected: the reconnect reconciles every known worker anyway
+            self._reconciling.add(command.hostname)
+            self._tg.start_soon(self._reconcile, command, self.control)
+        elif isinstance(command, EnableEvents) and self.control is not None:
+            self._tg.start_soon(self._enable_events, command, self.control)
+
+    async def _reconcile(self, command: Reconcile, control: broker.ControlClient) -> None:
+        destination = None if command.hostname is None else [command.hostname]
+        try:
+            replies = await broker.reconcile(control, destination, timeout_s=self.settings.broker.reply_timeout_s)
+        except DrainctlError as exc:
+            self._reconciling.discard(command.hostname)
+            await self._send.send(CommandFailed(command, str(exc)))
+            return
+        snapshots = tuple(build_snapshot(host, methods) for host, methods in sorted(replies.items()))
+        await self._send.send(SnapshotsIn(command.reason, command.hostname, snapshots))
+
+    async def _enable_events(self, command: EnableEvents, control: broker.ControlClient) -> None:
+        try:
+            result = await control.call(
+                "enable_events", {}, [command.hostname], timeout_s=self.settings.broker.reply_timeout_s
+            )
+        except DrainctlError as exc:
+            await self._send.send(CommandFailed(command, str(exc)))
+            return
+        reply = result.replies.get(command.hostname)
+        enabled_now: bool | None = None
+        if isinstance(reply, dict) and isinstance(reply.get("ok"), str):
+            enabled_now = "already" not in reply["ok"]
+        await self._send.send(EventsEnabledIn(command.hostname, enabled_now))
+
+
+def build_status(controller: Controller) -> dict[str, Any]:
+    """The `/status` document. Integers for counts; no secrets (the broker URL is redacted)."""
+    now = controller.clock()
+    workers = []
+    from drainctl.core.snapshot import TaskState
+
+    for worker in sorted(controller.cluster, key=lambda w: w.hostname):
+        tasks: dict[str, list[dict[str, Any]]] = {s.value: [] for s in TaskState}
+        for task in sorted(worker.tasks.values(), key=lambda t: t.received_at):
+            since = task.started_at if task.started_at is not None else task.received_at
+            entry: dict[str, Any] = {"id": task.uuid, "name": task.name, "age_s": round(now - since, 3)}
+            if task.eta:
+                entry["eta"] = task.eta
+            tasks[task.state.value].append(entry)
+        last = worker.last_heartbeat
+        workers.append({
+            "hostname": worker.hostname,
+            "state": worker.state.value,
+            "pid": worker.pid,
+            "celery_version": worker.sw_ver,
+            "running": len(tasks["running"]),
+            "reserved": len(tasks["reserved"]),
+            "scheduled": len(tasks["scheduled"]),
+            "queues": list(worker.queues) if worker.queues is not None else None,
+            "last_heartbeat_age_s": round(now - last, 3) if last is not None else None,
+            "heartbeat_active": worker.heartbeat_active,
+            "processed": worker.processed,
+            "task_events": worker.task_events.value,
+            "collision": worker.collision_reason,
+            "tasks": tasks,
+        })
+    stats = controller.stats
+    return {
+        "controller": {
+            "id": controller.settings.controller.id,
+            "broker": redact_url(controller.broker_url),
+            "broker_connected": stats.connected,
+            "synced": controller.synced.is_set(),
+            "event_queue": controller.event_queue.name,
+            "events_consumed": stats.events,
+            "events_malformed": sum(stats.malformed.values()),
+            "events_dropped": stats.dropped,
+        },
+        "workers": workers,
+    }

@@ -1,0 +1,315 @@
+"""The RabbitMQ shell: Celery's event stream in, Celery remote control (the pidbox) out.
+
+Thin on purpose. It declares what it needs with exactly Celery's flags, hands decoded events to a
+callback in batches and acknowledges them afterwards (``multiple=True``), and translates aio-pika /
+aiormq exceptions into `drainctl.errors`.
+
+Ingestion goes one level below aio-pika's high-level consumer (to aiormq) because that is where the
+per-message cost is: aio-pika builds an `IncomingMessage` per delivery and acks one by one.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final
+
+import aio_pika
+import aiormq
+import aiormq.abc
+import anyio
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
+
+from drainctl.core.events import Decoded, decode_message
+from drainctl.errors import BrokerError, BrokerUnavailableError, ControlError, TopologyError
+from drainctl.redact import redact_text, redact_url
+
+EVENT_EXCHANGE: Final = "celeryev"
+PIDBOX_EXCHANGE: Final = "celery.pidbox"
+REPLY_EXCHANGE: Final = "reply.celery.pidbox"
+DROPPED_EXCHANGE: Final = "drainctl.dropped"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+async def connect(url: str, tls: TlsFiles | None = None, *, name: str = "drainctl") -> AbstractConnection:
+    """Open a connection; every failure becomes a `BrokerUnavailableError` that names the URL without its password."""
+    context = None
+    if url.startswith("amqps://") and tls is not None and (tls.ca_file or tls.cert_file):
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    try:
+        with anyio.fail_after(30):
+            return await aio_pika.connect(url, ssl_context=context, client_properties={"connection_name": name})
+    except TimeoutError as exc:
+        raise BrokerUnavailableError(f"no answer from {redact_url(url)} within 30 s") from exc
+    except (OSError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        raise BrokerUnavailableError(
+            f"cannot connect to {redact_url(url)}: {redact_text(str(exc)) or type(exc).__name__}"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- events
+
+@dataclass(frozen=True, slots=True)
+class EventQueueSpec:
+    name: str
+    expires_s: int
+    max_length: int
+    prefetch: int
+
+    @property
+    def dropped_queue(self) -> str:
+        return f"{self.name}.dropped"
+
+
+EventBatch = Sequence[Decoded]
+BatchHandler = Callable[[EventBatch, int], Awaitable[None]]
+DroppedHandler = Callable[[int], Awaitable[None]]
+
+
+async def declare_event_topology(channel: AbstractChannel, spec: EventQueueSpec) -> None:
+    """Durable named queue bound to `celeryev` with `#`; overflow drops the oldest into a counted dead-letter queue."""
+    try:
+        events = await channel.declare_exchange(EVENT_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+        dropped = await channel.declare_exchange(DROPPED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+        dead = await channel.declare_queue(
+            spec.dropped_queue,
+            durable=True,
+            arguments={"x-expires": spec.expires_s * 1000, "x-max-length": 10_000, "x-overflow": "drop-head"},
+        )
+        await dead.bind(dropped, routing_key=spec.name)
+        queue = await channel.declare_queue(
+            spec.name,
+            durable=True,
+            arguments={
+                "x-expires": spec.expires_s * 1000,
+                "x-max-length": spec.max_length,
+                "x-overflow": "drop-head",
+                "x-dead-letter-exchange": DROPPED_EXCHANGE,
+                "x-dead-letter-routing-key": spec.name,
+            },
+        )
+        await queue.bind(events, routing_key="#")
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise TopologyError(
+            f"queue {spec.name!r} or exchange exists with other settings ({exc}); delete the queue "
+            f"(rabbitmqctl delete_queue {spec.name}) or give this controller another id"
+        ) from exc
+
+
+async def consume_events(
+    channel: AbstractChannel,
+    spec: EventQueueSpec,
+    handle: BatchHandler,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Deliver decoded messages to `handle` in arrival order, in batches, acking each batch after it is handled.
+
+    The batch is whatever arrived while the previous one was handled, so under load batches grow and
+    acks become rare, while an idle stream is handled message by message without delay. `prefetch`
+    bounds what the broker hands over, and so the memory held here.
+    """
+    raw = await channel.get_underlay_channel()
+    await raw.basic_qos(prefetch_count=spec.prefetch)
+    pending: list[aiormq.abc.DeliveredMessage] = []
+    wake = anyio.Event()
+
+    async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+        nonlocal wake
+        pending.append(message)
+        wake.set()
+
+    await raw.basic_consume(spec.name, on_message, no_ack=False)
+    task_status.started()
+    while True:
+        if not pending:
+            await wake.wait()
+            wake = anyio.Event()
+            continue
+        batch = pending[:]
+        pending.clear()
+        decoded = [decode_message(m.body, m.header.properties.content_type) for m in batch]
+        await handle(decoded, sum(len(m.body) for m in batch))
+        tag = batch[-1].delivery_tag
+        if tag is not None:
+            await raw.basic_ack(tag, multiple=True)
+
+
+async def consume_dropped(channel: AbstractChannel, spec: EventQueueSpec, handle: DroppedHandler) -> None:
+    """Count the events that overflow pushed out of the event queue (they are gone: make that visible)."""
+    queue = await channel.get_queue(spec.dropped_queue, ensure=False)
+    async with queue.iterator() as messages:
+        async for message in messages:
+            decoded = decode_message(message.body, message.content_type)
+            await handle(max(1, len(decoded.events) + len(decoded.rejections)))
+            await message.ack()
+
+
+# --------------------------------------------------------------------------- remote control
+
+@dataclass(frozen=True, slots=True)
+class ControlResult:
+    """Replies per worker. A destination missing from `replies` did not answer: unknown, not refused."""
+
+    method: str
+    replies: Mapping[str, Any]
+    missing: tuple[str, ...]
+
+
+class ControlClient:
+    """Celery remote control over the pidbox, straight from aio-pika.
+
+    Commands carry the AMQP `expiration` property (the worker ignores the `expires` header, and its
+    queue would otherwise keep a command for 300 s), go to named destinations unless a broadcast is
+    meant, and collect one reply per worker until a deadline.
+    """
+
+    def __init__(self, channel: AbstractChannel, pidbox: AbstractExchange, oid: str) -> None:
+        self._channel = channel
+        self._pidbox = pidbox
+        self._oid = oid
+        self._clock = 0
+        self._waiting: dict[str, _Collector] = {}
+
+    @classmethod
+    async def open(cls, connection: AbstractConnection, controller_id: str) -> ControlClient:
+        channel = await connection.channel()
+        # Celery's own flags: a mismatch on reply.celery.pidbox makes every worker's replies fail with 406.
+        pidbox = await channel.declare_exchange(
+            PIDBOX_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=False, auto_delete=False
+        )
+        replies = await channel.declare_exchange(
+            REPLY_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=False, auto_delete=False
+        )
+        oid = f"drainctl.{controller_id}.{uuid.uuid4().hex[:12]}"
+        queue = await channel.declare_queue(f"{oid}.reply", exclusive=True, auto_delete=True)
+        await queue.bind(replies, routing_key=oid)
+        client = cls(channel, pidbox, oid)
+        await queue.consume(client._on_reply, no_ack=True)
+        return client
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        ticket = (message.headers or {}).get("ticket")
+        collector = self._waiting.get(ticket) if isinstance(ticket, str) else None
+        if collector is None:
+            return  # a late reply to a command whose deadline passed
+        try:
+            body = orjson.loads(message.body)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(body, dict):
+            for hostname, result in body.items():
+                collector.add(str(hostname), result)
+
+    async def publish(
+        self, method: str, arguments: Mapping[str, Any], destination: Sequence[str] | None, *, ttl_s: float,
+        reply_ticket: str | None = None,
+    ) -> None:
+        self._clock += 1
+        body: dict[str, Any] = {
+            "method": method,
+            "arguments": dict(arguments),
+            "destination": list(destination) if destination is not None else None,
+            "pattern": None,
+            "matcher": None,
+        }
+        if reply_ticket is not None:
+            body["ticket"] = reply_ticket
+            body["reply_to"] = {"exchange": REPLY_EXCHANGE, "routing_key": self._oid}
+        message = aio_pika.Message(
+            orjson.dumps(body),
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"clock": self._clock, "expires": time.time() + ttl_s},
+            expiration=timedelta(seconds=ttl_s),
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        )
+        try:
+            await self._pidbox.publish(message, routing_key="")
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise ControlError(f"cannot send {method!r}: {exc}") from exc
+
+    async def call_many(
+        self,
+        calls: Sequence[tuple[str, Mapping[str, Any]]],
+        destination: Sequence[str] | None,
+        *,
+        timeout_s: float,
+    ) -> list[ControlResult]:
+        """Send several commands in order (a worker handles them in that order) and collect replies.
+
+        Targeted calls return as soon as every destination answered every command; a broadcast
+        waits out the deadline, since nobody knows how many workers will answer.
+        """
+        collectors = [_Collector(destination) for _ in calls]
+        tickets = [uuid.uuid4().hex for _ in calls]
+        for ticket, collector in zip(tickets, collectors, strict=True):
+            self._waiting[ticket] = collector
+        try:
+            for (method, arguments), ticket in zip(calls, tickets, strict=True):
+                await self.publish(method, arguments, destination, ttl_s=max(timeout_s, 1.0), reply_ticket=ticket)
+            with anyio.move_on_after(timeout_s):
+                for collector in collectors:
+                    await collector.complete.wait()
+        finally:
+            for ticket in tickets:
+                self._waiting.pop(ticket, None)
+        return [c.result(method) for c, (method, _) in zip(collectors, calls, strict=True)]
+
+    async def call(
+        self, method: str, arguments: Mapping[str, Any], destination: Sequence[str] | None, *, timeout_s: float
+    ) -> ControlResult:
+        return (await self.call_many([(method, arguments)], destination, timeout_s=timeout_s))[0]
+
+
+class _Collector:
+    def __init__(self, destination: Sequence[str] | None) -> None:
+        self.expected = frozenset(destination) if destination is not None else None
+        self.replies: dict[str, Any] = {}
+        self.complete = anyio.Event()
+
+    def add(self, hostname: str, result: Any) -> None:
+        if self.expected is not None and hostname not in self.expected:
+            return
+        self.replies.setdefault(hostname, result)
+        if self.expected is not None and self.expected <= self.replies.keys():
+            self.complete.set()
+
+    def result(self, method: str) -> ControlResult:
+        missing = tuple(sorted(self.expected - self.replies.keys())) if self.expected is not None else ()
+        return ControlResult(method, dict(self.replies), missing)
+
+
+RECONCILE_METHODS: Final = ("clock", "active", "reserved", "scheduled", "active_queues")
+
+
+async def reconcile(
+    client: ControlClient, destination: Sequence[str] | None, *, timeout_s: float
+) -> dict[str, dict[str, Any]]:
+    """One reconcile: `clock` first (what the snapshot is as of), then the task lists and queues.
+
+    Returns method replies per worker; a method missing for a worker means it did not answer it.
+    """
+    results = await client.call_many([(m, {}) for m in RECONCILE_METHODS], destination, timeout_s=timeout_s)
+    per_worker: dict[str, dict[str, Any]] = {}
+    for result in results:
+        for hostname, reply in result.replies.items():
+            per_worker.setdefault(hostname, {})[result.method] = reply
+    return per_worker
+
+
+def is_broker_error(exc: BaseException) -> bool:
+    return isinstance(exc, aiormq.exceptions.AMQPError | ConnectionError | BrokerError | OSError)

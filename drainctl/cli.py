@@ -1,0 +1,142 @@
+"""Command line: `drainctl run | status`. Exit codes: 0 ok, 1 operation failed, 2 bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import structlog
+
+from drainctl import __version__, config, logs
+from drainctl.errors import ApiError, ConfigError, DrainctlError
+
+DEFAULT_URL = "http://127.0.0.1:9540"
+
+
+@click.group()
+@click.version_option(__version__, prog_name="drainctl")
+def main() -> None:
+    """Drain and roll out Celery workers without interrupting a task."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML config file.")
+@click.option("--broker", "broker_url", metavar="URL",
+              help="RabbitMQ URL. Prefer DRAINCTL_BROKER_URL or [broker] url_file: argv is visible to all users.")
+@click.option("--http", "http_listen", metavar="HOST:PORT", help=f"API address (default {config.DEFAULT_HTTP}).")
+@click.option("--controller-id", help="Names this controller's event queue and marks the workers it owns.")
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+def run(config_path: Path | None, broker_url: str | None, http_listen: str | None, controller_id: str | None,
+        log_format: str, log_level: str) -> None:
+    """Run the controller: consume Celery events, keep the live model, serve the API."""
+    logs.configure(log_format, log_level)
+    try:
+        settings = config.load(config_path)
+        overrides: dict[str, Any] = {}
+        if http_listen is not None:
+            config.parse_listen(http_listen)
+            overrides["http"] = settings.http.model_copy(update={"listen": http_listen})
+        if controller_id is not None:
+            overrides["controller"] = config.ControllerSettings.model_validate(
+                {**settings.controller.model_dump(), "id": controller_id})
+        if overrides:
+            settings = settings.model_copy(update=overrides)
+        url = broker_url or settings.broker_url()
+    except (ConfigError, ValueError) as exc:
+        click.echo(f"drainctl: {exc}", err=True)
+        sys.exit(2)
+    try:
+        anyio.run(_serve, settings, url)
+    except KeyboardInterrupt:
+        pass
+    except DrainctlError as exc:
+        click.echo(f"drainctl: {exc}", err=True)
+        sys.exit(1)
+
+
+async def _serve(settings: config.Settings, url: str) -> None:
+    from drainctl import http
+    from drainctl.app import Controller
+
+    log = structlog.get_logger("drainctl")
+    controller = Controller(settings, url)
+    host, port = config.parse_listen(settings.http.listen)
+    try:
+        runner = await http.start(controller, host, port)
+    except OSError as exc:
+        raise DrainctlError(f"cannot listen on {settings.http.listen}: {exc.strerror}; pick another --http") from exc
+    log.info("http api listening", address=settings.http.listen)
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with anyio.create_task_group() as tg:
+                await tg.start(controller.run)
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        log.info("SIGHUP received: configuration reload is not implemented yet; nothing changed")
+                        continue
+                    # Workers keep running: the controller is not in their data path.
+                    log.info("stopping controller", signal=signal.Signals(signum).name)
+                    tg.cancel_scope.cancel()
+    finally:
+        with anyio.move_on_after(5, shield=True):
+            await runner.cleanup()
+
+
+def _get_json(url: str, timeout: float = 10.0) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the URL is the user's
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise ApiError(f"{url}: HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ApiError(f"cannot reach the controller at {url}: {reason}; is `drainctl run` up? (--url)") from exc
+
+
+def _age(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+@main.command()
+@click.option("--url", default=DEFAULT_URL, show_default=True, help="The controller's API.")
+@click.option("--json", "as_json", is_flag=True, help="Print the /status document.")
+def status(url: str, as_json: bool) -> None:
+    """Show every worker and the tasks it runs, holds prefetched, or holds for an ETA."""
+    try:
+        document = _get_json(url.rstrip("/") + "/status")
+    except ApiError as exc:
+        click.echo(f"drainctl: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+        return
+    ctl = document.get("controller", {})
+    click.echo(
+        f"controller {ctl.get('id')}  broker {ctl.get('broker')}  "
+        f"{'connected' if ctl.get('broker_connected') else 'DISCONNECTED'}  "
+        f"events {ctl.get('events_consumed')}  malformed {ctl.get('events_malformed')}  "
+        f"dropped {ctl.get('events_dropped')}"
+    )
+    rows = [("WORKER", "STATE", "RUN", "PREF", "ETA", "QUEUES", "HEARTBEAT", "TASK EVENTS", "CELERY")]
+    for w in document.get("workers", []):
+        state = w["state"] + (" COLLISION" if w.get("collision") else "")
+        rows.append((
+            w["hostname"], state, str(w["running"]), str(w["reserved"]), str(w["scheduled"]),
+            ",".join(w["queues"]) if w.get("queues") is not None else "?",
+            _age(w.get("last_heartbeat_age_s")), w.get("task_events", "?"), w.get("celery_version") or "?",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    if len(rows) == 1:
+        click.echo("(no workers seen yet)")

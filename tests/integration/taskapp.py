@@ -1,0 +1,86 @@
+"""Celery application run by the real workers of the integration tests.
+
+Workers start it with ``python -m celery -A tests.integration.taskapp worker ...`` (see the
+``celery_worker`` fixture in ``conftest.py``); tests send its tasks through the ``celery_app``
+fixture. It is configured from the environment so each worker can be started differently:
+
+``DRAINCTL_TEST_BROKER_URL``
+    Broker URL (default ``amqp://guest:guest@127.0.0.1:5672//``).
+``TASKAPP_PREFETCH``
+    ``worker_prefetch_multiplier`` (default 1).
+``TASKAPP_ACKS_LATE``
+    ``"1"`` for ``task_acks_late`` (default ``"0"``).
+``TASKAPP_RECORD_DIR``
+    If set, :func:`sleep` appends JSON lines describing its executions to
+    ``<dir>/<worker pid>.jsonl`` (one file per pool process); read them with
+    :func:`tests.helpers.read_records`.
+
+Tasks are sent to the queue ``default`` unless a queue is given explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from celery import Celery
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+app = Celery("taskapp")
+app.conf.update(
+    broker_url=os.environ.get("DRAINCTL_TEST_BROKER_URL", DEFAULT_BROKER_URL),
+    broker_connection_retry_on_startup=True,
+    result_backend=None,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_default_queue="default",
+    worker_prefetch_multiplier=int(os.environ.get("TASKAPP_PREFETCH", "1")),
+    task_acks_late=os.environ.get("TASKAPP_ACKS_LATE", "0") == "1",
+    worker_hijack_root_logger=False,
+)
+
+
+def _record(task: Any, event: str, **extra: Any) -> None:
+    """Append one execution record for ``task`` if ``TASKAPP_RECORD_DIR`` is set."""
+    record_dir = os.environ.get("TASKAPP_RECORD_DIR")
+    if not record_dir:
+        return
+    record = {
+        "event": event,
+        "task": task.name,
+        "uuid": task.request.id,
+        "retries": task.request.retries,
+        "hostname": task.request.hostname,
+        "pid": os.getpid(),
+        # CLOCK_MONOTONIC is system-wide on Linux: comparable across processes.
+        "monotonic": time.monotonic(),
+        "time": time.time(),
+        **extra,
+    }
+    path = os.path.join(record_dir, f"{os.getpid()}.jsonl")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+@app.task(bind=True, name="taskapp.sleep")
+def sleep(self: Any, seconds: float, tag: str = "") -> float:
+    """Sleep ``seconds``; records ``start`` before and ``end`` after (with ``tag``)."""
+    _record(self, "start", tag=tag, seconds=seconds)
+    time.sleep(seconds)
+    _record(self, "end", tag=tag, seconds=seconds)
+    return seconds
+
+
+@app.task(name="taskapp.add")
+def add(x: float, y: float) -> float:
+    return x + y
+
+
+@app.task(name="taskapp.fail")
+def fail() -> None:
+    raise ValueError("taskapp.fail always fails")
