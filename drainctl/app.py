@@ -149,7 +149,7 @@ class Controller:
         self._tg: anyio.abc.TaskGroup | None = None
         self._reconciling: set[str | None] = set()
         self._malformed_log = _RateLimitedLog(10.0)
-        self._connection_closer: Callable[[], Any] | None = None
+        self._changed = anyio.Event()
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -168,6 +168,15 @@ class Controller:
 
     async def submit(self, item: Input) -> None:
         await self._send.send(item)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> None:
+        """Wait until `predicate()` holds, re-checking after each input the reducer handles (no polling).
+
+        Raises TimeoutError after `timeout_s`.
+        """
+        with anyio.fail_after(timeout_s):
+            while not predicate():
+                await self._changed.wait()
 
     # ------------------------------------------------------------------ broker shell
     async def _broker_loop(self) -> None:
@@ -275,6 +284,8 @@ class Controller:
                     self._log_notice(notice)
                 for command in commands:
                     self._execute(command)
+                changed, self._changed = self._changed, anyio.Event()
+                changed.set()
 
     def _ingest(self, item: EventsIn, now: float, commands: list[Command], notices: list[Notice]) -> None:
         stats = self.stats

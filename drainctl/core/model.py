@@ -456,7 +456,11 @@ class Cluster:
                             f"no heartbeat for {now - reference:.1f}s; holds {len(worker.tasks)} tasks",
                         )
                     )
-            elif (
+            elif worker.state is WorkerState.OFFLINE and worker.tasks and worker.offline_at is not None:
+                notice = self._release_held_tasks(worker, now)
+                if notice is not None:
+                    notices.append(notice)
+            if (
                 worker.state is WorkerState.OFFLINE
                 and not worker.tasks
                 and worker.offline_at is not None
@@ -476,6 +480,22 @@ class Cluster:
                         del worker.pids[pid]
                         worker.offline_pids.discard(pid)
         return notices
+
+    def _release_held_tasks(self, worker: Worker, now: float) -> Notice | None:
+        """After a warm shutdown's last running task, the worker closes its connection and the broker
+        takes back what it held unacknowledged (ETA and, on Celery < 5.7, prefetched tasks).
+
+        No event says so; the sign is an offline worker with nothing running for a heartbeat window.
+        A task it does start after all comes back through its task-started event.
+        """
+        assert worker.offline_at is not None
+        if any(t.state is TaskState.RUNNING for t in worker.tasks.values()):
+            return None
+        if now - max(worker.offline_at, worker.last_seen) < 2 * worker.freq:
+            return None
+        released = sorted(worker.tasks)
+        worker.tasks.clear()
+        return Notice("tasks-returned", worker.hostname, f"back to the queue: {', '.join(released)}")
 
     def forget(self, hostname: str) -> Worker | None:
         """Remove a worker the runtime confirmed gone; returns it with the tasks it held."""

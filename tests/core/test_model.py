@@ -369,3 +369,15 @@ def test_build_snapshot_from_celery_replies() -> None:
 )
 def test_build_snapshot_reports_unusable_parts(replies: dict[str, Any], problem: str) -> None:
     assert problem in build_snapshot(HOST, replies).problems
+
+
+def test_offline_worker_releases_eta_and_prefetched_tasks_once_nothing_runs() -> None:
+    cluster = Cluster(offline_retention_s=0)
+    feed(cluster, [worker_event("online", 1), task_event("started", "a", 2), task_event("received", "b", 3),
+                   task_event("received", "c", 4, eta=ETA), worker_event("offline", 5)], now=0)
+    assert cluster.tick(10) == []  # "a" still runs: the connection stays open, b and c stay held
+    feed(cluster, [task_event("succeeded", "a", 6)], now=11)
+    assert cluster.tick(12) == []  # within one heartbeat window of the last sign of life
+    notices = cluster.tick(15.1)
+    assert [n.kind for n in notices] == ["tasks-returned", "worker-removed"]
+    assert "b, c" in notices[0].detail
