@@ -24,4 +24,54 @@ class EnableEvents:
     hostname: str
 
 
-Command = Reconcile | EnableEvents
+
+
+
+@dataclass(frozen=True, slots=True)
+class CancelConsumers:
+    """`cancel_consumer` for each queue, targeted at one worker: it stops taking new work."""
+
+    hostname: str
+    queues: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AddConsumers:
+    """`add_consumer` for each queue: a drained worker takes work again (a drain cancelled, a rollout aborted)."""
+
+    hostname: str
+    queues: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueryQueues:
+    """A targeted `active_queues`: confirms what a missing `cancel_consumer` reply left unknown."""
+
+    hostname: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownWorker:
+    """The remote `shutdown` command (a warm shutdown; Celery sends no reply)."""
+
+    hostname: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopWorker:
+    """The runtime's stop (SIGTERM / docker stop), the backstop when `shutdown` did not end the worker."""
+
+    hostname: str
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class EscalateWorker:
+    """A drain past its deadline under the `escalate` policy: SIGQUIT (Celery's cold shutdown; a soft
+    shutdown first where the worker runs Celery >= 5.5 with `worker_soft_shutdown_timeout` set)."""
+
+    hostname: str
+
+
+DrainCommand = CancelConsumers | AddConsumers | QueryQueues | ShutdownWorker | StopWorker | EscalateWorker
+Command = Reconcile | EnableEvents | DrainCommand

@@ -85,6 +85,8 @@ class Worker:
     collision_reason: str | None = None
     active_mismatches: int = 0
     reconcile_requested_at: float | None = None
+    # When the last task on this worker ended (model time): drain reaction latency is measured from it.
+    last_task_end: float | None = None
 
     @property
     def collision(self) -> bool:
@@ -324,6 +326,7 @@ class Cluster:
         if etype in TERMINAL_TASK_EVENTS:
             if task is not None:
                 del worker.tasks[event.uuid]
+                worker.last_task_end = now
             self._bury(key, event.clock, event.pid)
             outcomes = self.task_outcomes
             outcomes[etype] = outcomes.get(etype, 0) + 1
@@ -496,6 +499,11 @@ class Cluster:
         released = sorted(worker.tasks)
         worker.tasks.clear()
         return Notice("tasks-returned", worker.hostname, f"back to the queue: {', '.join(released)}")
+
+    def set_queues(self, hostname: str, queues: tuple[str, ...]) -> None:
+        worker = self.workers.get(hostname)
+        if worker is not None:
+            worker.queues = tuple(sorted(set(queues)))
 
     def forget(self, hostname: str) -> Worker | None:
         """Remove a worker the runtime confirmed gone; returns it with the tasks it held."""

@@ -1,0 +1,417 @@
+"""The drain state machine: stop a worker taking work, wait (on events) until it holds nothing, retire it.
+
+Pure: every input (a control reply, a runtime exit, a model change, the passing of time) goes through
+`DrainBook`, which returns the commands to run. Phases:
+
+    cancelling ──replies ok──► waiting ──model: 0 running, 0 prefetched──► verifying
+        │ reply missing              ▲                                         │ targeted inspect
+        ▼                            └────────── still holds tasks ◄───────────┤
+    confirming-queues (active_queues)                                          ▼ holds nothing
+                                                                retiring (remote `shutdown`)
+                                                                     │ managed, still alive after grace
+                                                                     ▼
+                                                                stopping (runtime stop)  ──exit──► done
+
+ETA tasks never hold a drain: the worker keeps them unacknowledged and the broker hands them to
+another worker when the drained one closes its connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final, Literal
+
+from drainctl.core.commands import (
+    AddConsumers,
+    CancelConsumers,
+    Command,
+    EscalateWorker,
+    QueryQueues,
+    Reconcile,
+    ShutdownWorker,
+    StopWorker,
+)
+from drainctl.core.model import Cluster, Notice, Worker, WorkerState
+from drainctl.core.snapshot import TaskState
+
+DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+RESTART_WINDOW_S: Final = 300.0
+CONFIRM_REASON: Final = "drain-confirm"
+
+
+class Phase(StrEnum):
+    CANCELLING = "cancelling"
+    CONFIRMING_QUEUES = "confirming-queues"
+    WAITING = "waiting"
+    VERIFYING = "verifying"
+    RETIRING = "retiring"
+    STOPPING = "stopping"
+    DONE = "done"
+
+
+class Outcome(StrEnum):
+    RETIRED = "retired"  # drainctl saw the process/container exit
+    SHUTDOWN_REQUESTED = "shutdown-requested"  # not ours: `shutdown` sent, worker-offline seen
+    RESTARTED_BY_SUPERVISOR = "restarted-by-supervisor"  # ...and it came back under the same name
+    LOST = "lost"  # it died before drainctl retired it
+    CANCELLED = "cancelled"  # the drain was called off; the worker consumes again
+
+
+OnDeadline = Literal["wait", "escalate"]
+
+
+@dataclass(frozen=True, slots=True)
+class DrainPolicy:
+    deadline_s: float | None = None
+    on_deadline: OnDeadline = "wait"
+    # After `shutdown`, how long a worker drainctl started may take to exit before the runtime stops it.
+    retire_grace_s: float = 15.0
+    # How long the runtime's stop waits for a warm shutdown before it kills.
+    stop_timeout_s: float = 600.0
+    # How long to wait for a control reply before asking again.
+    retry_s: float = 5.0
+
+
+class DrainRefused(Exception):
+    def __init__(self, hostname: str, reason: str, *, overridable: bool) -> None:
+        super().__init__(reason)
+        self.hostname = hostname
+        self.reason = reason
+        self.overridable = overridable
+
+
+@dataclass(slots=True)
+class Drain:
+    hostname: str
+    queues: tuple[str, ...]
+    managed: bool
+    policy: DrainPolicy
+    started_at: float
+    pid: int | None
+    requested_by: str = "api"
+    forced: bool = False
+    phase: Phase = Phase.CANCELLING
+    phase_since: float = 0.0
+    unconfirmed: set[str] = field(default_factory=set)
+    cancel_attempts: int = 1
+    asked_at: float | None = None
+    held: tuple[str, ...] = ()
+    shutdown_at: float | None = None
+    stop_at: float | None = None
+    past_deadline: bool = False
+    escalated: bool = False
+    outcome: Outcome | None = None
+    finished_at: float | None = None
+    detail: str = ""
+    lost_tasks: tuple[str, ...] = ()
+    # Seconds from the worker's last task end to the `shutdown` command (drain reaction latency).
+    reaction_s: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.phase is not Phase.DONE
+
+    def duration(self, now: float) -> float:
+        return (self.finished_at if self.finished_at is not None else now) - self.started_at
+
+
+def _held(worker: Worker | None) -> tuple[str, ...]:
+    if worker is None:
+        return ()
+    return tuple(sorted(t.uuid for t in worker.tasks.values() if t.state is not TaskState.SCHEDULED))
+
+
+class DrainBook:
+    """Every drain, active and recently finished, plus the counters /metrics reads."""
+
+    def __init__(self, history: int = 200) -> None:
+        self.active: dict[str, Drain] = {}
+        self.finished: deque[Drain] = deque(maxlen=history)
+        self.started_total = 0
+        self.outcomes: dict[str, int] = {o.value: 0 for o in Outcome}
+        self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self.duration_sum = 0.0
+
+    # ------------------------------------------------------------------ queries
+    def __iter__(self) -> Iterator[Drain]:
+        return iter(self.active.values())
+
+    def get(self, hostname: str) -> Drain | None:
+        drain = self.active.get(hostname)
+        if drain is not None:
+            return drain
+        return next((d for d in reversed(self.finished) if d.hostname == hostname), None)
+
+    def past_deadline(self) -> int:
+        return sum(1 for d in self.active.values() if d.past_deadline)
+
+    # ------------------------------------------------------------------ refusal rules
+    def check(self, cluster: Cluster, hostname: str, *, force: bool) -> tuple[str, ...]:
+        """The queues to drain, or DrainRefused saying why not (and whether --force overrides it)."""
+        worker = cluster.worker(hostname)
+        if worker is None:
+            raise DrainRefused(hostname, f"unknown worker {hostname!r}: drainctl has not seen it "
+                               "(see `drainctl status` for the workers it knows)", overridable=False)
+        if worker.collision:
+            raise DrainRefused(
+                hostname,
+                f"{hostname!r} is used by two live processes ({worker.collision_reason}); a command sent to "
+                "that name can land on either, so drainctl will not drain it. Give every worker a unique -n",
+                overridable=False,
+            )
+        if worker.state is WorkerState.OFFLINE:
+            raise DrainRefused(hostname, f"{hostname!r} is already shutting down (worker-offline seen)",
+                               overridable=False)
+        if worker.queues is None:
+            raise DrainRefused(hostname, f"the queues of {hostname!r} are not known yet (no active_queues reply); "
+                               "retry in a few seconds", overridable=False)
+        if worker.state is WorkerState.SILENT and not force:
+            raise DrainRefused(hostname, f"{hostname!r} is silent (no heartbeat); it may be dead or busy. "
+                               "Use --force to drain it anyway", overridable=True)
+        if not force:
+            for queue in worker.queues:
+                if not self._other_consumers(cluster, hostname, queue):
+                    raise DrainRefused(
+                        hostname,
+                        f"queue {queue!r} would have no consumer: {hostname!r} is the only online worker "
+                        "consuming it that is not being drained. Start another worker on it first, or use "
+                        "--force to accept the gap",
+                        overridable=True,
+                    )
+        return worker.queues
+
+    def _other_consumers(self, cluster: Cluster, hostname: str, queue: str) -> list[str]:
+        return [
+            w.hostname for w in cluster
+            if w.hostname != hostname
+            and w.state is WorkerState.ONLINE
+            and not w.collision
+            and w.queues is not None and queue in w.queues
+            and w.hostname not in self.active
+        ]
+
+    # ------------------------------------------------------------------ inputs
+    def start(
+        self, cluster: Cluster, hostname: str, now: float, *, policy: DrainPolicy, managed: bool,
+        force: bool = False, requested_by: str = "api",
+    ) -> tuple[Drain, list[Command]]:
+        existing = self.active.get(hostname)
+        if existing is not None:
+            return existing, []  # idempotent: a repeated request joins the drain under way
+        queues = self.check(cluster, hostname, force=force)
+        worker = cluster.worker(hostname)
+        assert worker is not None
+        drain = Drain(
+            hostname=hostname, queues=queues, managed=managed, policy=policy, started_at=now, pid=worker.pid,
+            requested_by=requested_by, forced=force, phase_since=now, unconfirmed=set(queues), asked_at=now,
+            held=_held(worker),
+        )
+        self.active[hostname] = drain
+        self.started_total += 1
+        if not queues:
+            drain.phase = Phase.WAITING
+            return drain, []
+        return drain, [CancelConsumers(hostname, queues)]
+
+    def cancel_replied(self, hostname: str, replies: dict[str, bool | None], now: float) -> list[Command]:
+        """`replies` per queue: True = the worker said ok, False = it said error, None = no reply (unknown)."""
+        drain = self.active.get(hostname)
+        if drain is None or drain.phase not in (Phase.CANCELLING, Phase.CONFIRMING_QUEUES):
+            return []
+        for queue, ok in replies.items():
+            if ok:
+                drain.unconfirmed.discard(queue)
+        if not drain.unconfirmed:
+            self._enter(drain, Phase.WAITING, now)
+            return []
+        # A missing reply is unknown, not failure: ask the worker what it consumes.
+        self._enter(drain, Phase.CONFIRMING_QUEUES, now)
+        drain.asked_at = now
+        return [QueryQueues(hostname)]
+
+    def queues_replied(
+        self, cluster: Cluster, hostname: str, queues: tuple[str, ...] | None, now: float
+    ) -> list[Command]:
+        drain = self.active.get(hostname)
+        if queues is not None:
+            cluster.set_queues(hostname, queues)
+        if drain is None or drain.phase is not Phase.CONFIRMING_QUEUES:
+            return []
+        if queues is None:
+            return []  # no answer: asked again after retry_s
+        still = tuple(q for q in drain.queues if q in queues)
+        drain.unconfirmed = set(still)
+        if not still:
+            self._enter(drain, Phase.WAITING, now)
+            return []
+        drain.cancel_attempts += 1
+        self._enter(drain, Phase.CANCELLING, now)
+        drain.asked_at = now
+        return [CancelConsumers(hostname, still)]
+
+    def confirm_done(self, cluster: Cluster, hostname: str, answered: bool, now: float) -> list[Command]:
+        """The targeted inspect that confirms an idle worker came back (and was merged into the model)."""
+        drain = self.active.get(hostname)
+        if drain is None or drain.phase is not Phase.VERIFYING:
+            return []
+        if not answered:
+            return []  # asked again after retry_s; never retire on an unanswered question
+        worker = cluster.worker(hostname)
+        drain.held = _held(worker)
+        if drain.held:
+            self._enter(drain, Phase.WAITING, now)
+            return []
+        self._enter(drain, Phase.RETIRING, now)
+        drain.shutdown_at = now
+        if worker is not None and worker.last_task_end is not None:
+            drain.reaction_s = max(0.0, now - worker.last_task_end)
+        return [ShutdownWorker(hostname)]
+
+    def exited(self, cluster: Cluster, hostname: str, exit_code: int | None, forced: bool, now: float) -> list[Notice]:
+        """The runtime saw the worker's process/container exit."""
+        drain = self.active.get(hostname)
+        if drain is None:
+            return []
+        worker = cluster.worker(hostname)
+        held = _held(worker) if worker is not None else drain.held
+        code = "unknown" if exit_code is None else str(exit_code)
+        if drain.phase in (Phase.RETIRING, Phase.STOPPING) and not held:
+            detail = f"exited with code {code}"
+            if forced:
+                detail += "; SIGTERM had no effect: the runtime killed it when the stop timeout expired"
+            return self._finish(drain, Outcome.RETIRED, now, detail)
+        return self._lose(drain, held, now, f"exited with code {code} while {drain.phase.value}")
+
+    def evaluate(self, cluster: Cluster, now: float) -> tuple[list[Command], list[Notice]]:
+        """Re-check every drain against the model and the clock. Called after every input."""
+        commands: list[Command] = []
+        notices: list[Notice] = []
+        for drain in list(self.active.values()):
+            c, n = self._evaluate(drain, cluster, now)
+            commands.extend(c)
+            notices.extend(n)
+        for drain in self.finished:
+            if (
+                drain.outcome is Outcome.SHUTDOWN_REQUESTED
+                and drain.finished_at is not None
+                and now - drain.finished_at <= RESTART_WINDOW_S
+            ):
+                worker = cluster.worker(drain.hostname)
+                if (worker is not None and worker.state is WorkerState.ONLINE and worker.pid is not None
+                        and worker.pid != drain.pid):
+                    self.outcomes[drain.outcome.value] -= 1
+                    drain.outcome = Outcome.RESTARTED_BY_SUPERVISOR
+                    self.outcomes[drain.outcome.value] += 1
+                    drain.detail = f"came back under the same name with pid {worker.pid}"
+                    notices.append(Notice("drain-restarted-by-supervisor", drain.hostname, drain.detail))
+        return commands, notices
+
+    def _evaluate(self, drain: Drain, cluster: Cluster, now: float) -> tuple[list[Command], list[Notice]]:
+        worker = cluster.worker(drain.hostname)
+        commands: list[Command] = []
+        notices: list[Notice] = []
+        if worker is not None and drain.pid is not None and worker.pid is not None and worker.pid != drain.pid:
+            if drain.phase in (Phase.RETIRING, Phase.STOPPING) and not drain.managed:
+                notices.extend(self._finish(drain, Outcome.RESTARTED_BY_SUPERVISOR, now,
+                                            f"came back under the same name with pid {worker.pid}"))
+            else:
+                notices.extend(self._lose(drain, drain.held, now, f"its process was replaced (pid {worker.pid})"))
+            return commands, notices
+        if worker is None and not drain.managed:
+            if drain.phase in (Phase.RETIRING, Phase.STOPPING):
+                return commands, self._finish(drain, Outcome.SHUTDOWN_REQUESTED, now, "worker left")
+            return commands, self._lose(drain, drain.held, now, "the worker went away before it was retired")
+        if worker is not None:
+            held = _held(worker)
+            if drain.phase is not Phase.DONE:
+                drain.held = held
+        phase = drain.phase
+        waited = now - (drain.asked_at if drain.asked_at is not None else drain.phase_since)
+        if phase is Phase.CANCELLING and waited >= drain.policy.retry_s:
+            drain.asked_at = now
+            commands.append(CancelConsumers(drain.hostname, tuple(sorted(drain.unconfirmed))))
+        elif phase is Phase.CONFIRMING_QUEUES and waited >= drain.policy.retry_s:
+            drain.asked_at = now
+            commands.append(QueryQueues(drain.hostname))
+        elif phase is Phase.WAITING and worker is not None:
+            # The heartbeat's `active` is a veto: if the worker says it runs something, wait.
+            if not drain.held and not worker.heartbeat_active:
+                self._enter(drain, Phase.VERIFYING, now)
+                drain.asked_at = now
+                commands.append(Reconcile(drain.hostname, CONFIRM_REASON))
+        elif phase is Phase.VERIFYING and waited >= drain.policy.retry_s:
+            drain.asked_at = now
+            commands.append(Reconcile(drain.hostname, CONFIRM_REASON))
+        elif phase is Phase.RETIRING:
+            if drain.managed:
+                assert drain.shutdown_at is not None
+                if now - drain.shutdown_at >= drain.policy.retire_grace_s:
+                    self._enter(drain, Phase.STOPPING, now)
+                    drain.stop_at = now
+                    commands.append(StopWorker(drain.hostname, drain.policy.stop_timeout_s))
+            elif worker is not None and worker.state is WorkerState.OFFLINE:
+                notices.extend(self._finish(drain, Outcome.SHUTDOWN_REQUESTED, now,
+                                            "remote shutdown sent; worker-offline seen"))
+        deadline = drain.policy.deadline_s
+        if (deadline is not None and drain.active and not drain.past_deadline
+                and drain.phase in (Phase.CANCELLING, Phase.CONFIRMING_QUEUES, Phase.WAITING, Phase.VERIFYING)
+                and now - drain.started_at >= deadline):
+            drain.past_deadline = True
+            detail = f"past its deadline of {deadline:g}s; still holds {len(drain.held)} tasks"
+            if drain.policy.on_deadline == "escalate":
+                if drain.managed:
+                    drain.escalated = True
+                    commands.append(EscalateWorker(drain.hostname))
+                    detail += "; escalating (SIGQUIT: soft shutdown where configured, else cold)"
+                else:
+                    detail += "; cannot escalate a worker drainctl did not start: still waiting"
+            else:
+                detail += "; policy is to keep waiting (nothing is interrupted)"
+            notices.append(Notice("drain-past-deadline", drain.hostname, detail))
+        return commands, notices
+
+    def cancel(self, cluster: Cluster, hostname: str, now: float, reason: str) -> list[Command]:
+        """Call a drain off: the worker consumes its queues again (unless it is already being retired)."""
+        drain = self.active.get(hostname)
+        if drain is None or drain.phase in (Phase.RETIRING, Phase.STOPPING):
+            return []
+        self._finish(drain, Outcome.CANCELLED, now, reason)
+        worker = cluster.worker(hostname)
+        if worker is not None:
+            cluster.set_queues(hostname, tuple(set(worker.queues or ()) | set(drain.queues)))
+        return [AddConsumers(hostname, drain.queues)]
+
+    # ------------------------------------------------------------------ helpers
+    def _enter(self, drain: Drain, phase: Phase, now: float) -> None:
+        drain.phase = phase
+        drain.phase_since = now
+
+    def _lose(self, drain: Drain, held: Iterable[str], now: float, why: str) -> list[Notice]:
+        drain.lost_tasks = tuple(sorted(held))
+        detail = why
+        if drain.lost_tasks:
+            detail += (f"; it held {len(drain.lost_tasks)} tasks: {', '.join(drain.lost_tasks)} — with acks-early "
+                       "(Celery's default) the running ones are lost to Celery itself; acks_late and prefetched "
+                       "ones return to the queue")
+        return self._finish(drain, Outcome.LOST, now, detail)
+
+    def _finish(self, drain: Drain, outcome: Outcome, now: float, detail: str) -> list[Notice]:
+        drain.outcome = outcome
+        drain.detail = detail
+        drain.finished_at = now
+        self._enter(drain, Phase.DONE, now)
+        self.active.pop(drain.hostname, None)
+        self.finished.append(drain)
+        self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
+        duration = drain.duration(now)
+        self.duration_sum += duration
+        for index, bound in enumerate(DURATION_BUCKETS):
+            if duration <= bound:
+                self.duration_buckets[index] += 1
+                break
+        else:
+            self.duration_buckets[-1] += 1
+        return [Notice(f"drain-{outcome.value}", drain.hostname, detail)]
