@@ -8,6 +8,7 @@ inputs too, never swallowed.
 from __future__ import annotations
 
 import random
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,12 +21,24 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from drainctl import broker
 from drainctl.config import Settings
-from drainctl.core.commands import Command, EnableEvents, Reconcile
+from drainctl.core.commands import (
+    AddConsumers,
+    CancelConsumers,
+    Command,
+    EnableEvents,
+    EscalateWorker,
+    QueryQueues,
+    Reconcile,
+    ShutdownWorker,
+    StopWorker,
+)
+from drainctl.core.drain import CONFIRM_REASON, Drain, DrainBook, DrainPolicy, DrainRefused
 from drainctl.core.events import Decoded
 from drainctl.core.model import Cluster, Notice
-from drainctl.core.snapshot import WorkerSnapshot, build_snapshot
+from drainctl.core.snapshot import WorkerSnapshot, build_snapshot, parse_queues
 from drainctl.errors import BrokerUnavailableError, DrainctlError
 from drainctl.redact import redact_text, redact_url
+from drainctl.runtime.base import Exited, WorkerHandle, WorkerRuntime, WorkerSpec
 
 log = structlog.get_logger("drainctl")
 
@@ -80,7 +93,50 @@ class Tick:
     pass
 
 
-Input = EventsIn | DroppedIn | BrokerUp | BrokerDown | SnapshotsIn | EventsEnabledIn | CommandFailed | Tick
+@dataclass(frozen=True, slots=True)
+class CancelRepliedIn:
+    hostname: str
+    # per queue: True ok, False error, None no reply (unknown)
+    replies: dict[str, bool | None]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuesRepliedIn:
+    hostname: str
+    queues: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExitedIn:
+    exited: Exited
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStartedIn:
+    handle: WorkerHandle
+
+
+class _Pending:
+    """A request from outside (HTTP) waiting for the reducer's answer."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: Drain | DrainRefused | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequested:
+    hostname: str
+    force: bool
+    policy: DrainPolicy
+    requested_by: str
+    pending: _Pending
+
+
+Input = (
+    EventsIn | DroppedIn | BrokerUp | BrokerDown | SnapshotsIn | EventsEnabledIn | CommandFailed | Tick
+    | CancelRepliedIn | QueuesRepliedIn | WorkerExitedIn | WorkerStartedIn | DrainRequested
+)
 
 
 @dataclass(slots=True)
@@ -122,9 +178,14 @@ class Controller:
         settings: Settings,
         broker_url: str,
         *,
+        runtime: WorkerRuntime | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.runtime = runtime
+        self.drains = DrainBook()
+        # Workers this controller started (or adopted): it can stop them and sees them exit.
+        self.managed: dict[str, WorkerHandle] = {}
         self.broker_url = broker_url
         self.clock = clock
         c = settings.controller
@@ -147,7 +208,7 @@ class Controller:
         self._send: MemoryObjectSendStream[Input] = send
         self._receive: MemoryObjectReceiveStream[Input] = receive
         self._tg: anyio.abc.TaskGroup | None = None
-        self._reconciling: set[str | None] = set()
+        self._reconciling: set[tuple[str | None, str]] = set()
         self._malformed_log = _RateLimitedLog(10.0)
         self._changed = anyio.Event()
 
@@ -163,8 +224,35 @@ class Controller:
             self._tg = tg
             tg.start_soon(self._reduce)
             tg.start_soon(self._tick)
+            if self.runtime is not None:
+                await tg.start(self.runtime.watch, self._on_exit)
+                for handle in await self.runtime.adopt():
+                    await self._send.send(WorkerStartedIn(handle))
             tg.start_soon(self._broker_loop)
             task_status.started()
+
+    async def _on_exit(self, exited: Exited) -> None:
+        await self._send.send(WorkerExitedIn(exited))
+
+    async def start_worker(self, spec: WorkerSpec) -> WorkerHandle:
+        """Start a worker through the runtime; from then on drainctl owns it (it can stop it, sees it exit)."""
+        if self.runtime is None:
+            raise DrainctlError("no worker runtime configured")
+        handle = await self.runtime.start(spec)
+        await self._send.send(WorkerStartedIn(handle))
+        return handle
+
+    async def request_drain(
+        self, hostname: str, *, force: bool = False, policy: DrainPolicy | None = None, requested_by: str = "api"
+    ) -> Drain:
+        """Start (or join) a drain. Raises DrainRefused with the reason."""
+        pending = _Pending()
+        await self._send.send(DrainRequested(hostname, force, policy or DrainPolicy(), requested_by, pending))
+        await pending.done.wait()
+        if isinstance(pending.result, DrainRefused):
+            raise pending.result
+        assert pending.result is not None
+        return pending.result
 
     async def submit(self, item: Input) -> None:
         await self._send.send(item)
@@ -280,12 +368,50 @@ class Controller:
                     pass
                 elif isinstance(item, CommandFailed):
                     log.warning("command failed", command=repr(item.command), error=item.error)
+                else:
+                    self._drain_input(item, now, commands, notices)
+                c, n = self.drains.evaluate(self.cluster, now)
+                commands.extend(c)
+                notices.extend(n)
                 for notice in notices:
                     self._log_notice(notice)
                 for command in commands:
                     self._execute(command)
                 changed, self._changed = self._changed, anyio.Event()
                 changed.set()
+
+    def _drain_input(self, item: Input, now: float, commands: list[Command], notices: list[Notice]) -> None:
+        drains = self.drains
+        if isinstance(item, DrainRequested):
+            try:
+                drain, c = drains.start(
+                    self.cluster, item.hostname, now, policy=item.policy, managed=item.hostname in self.managed,
+                    force=item.force, requested_by=item.requested_by,
+                )
+            except DrainRefused as refused:
+                log.warning("drain refused", worker=item.hostname, reason=refused.reason)
+                item.pending.result = refused
+            else:
+                if c:
+                    log.info("drain started", worker=item.hostname, queues=list(drain.queues),
+                             managed=drain.managed, forced=item.force, requested_by=item.requested_by)
+                commands.extend(c)
+                item.pending.result = drain
+            item.pending.done.set()
+        elif isinstance(item, CancelRepliedIn):
+            commands.extend(drains.cancel_replied(item.hostname, item.replies, now))
+        elif isinstance(item, QueuesRepliedIn):
+            commands.extend(drains.queues_replied(self.cluster, item.hostname, item.queues, now))
+        elif isinstance(item, WorkerStartedIn):
+            self.managed[item.handle.hostname] = item.handle
+        elif isinstance(item, WorkerExitedIn):
+            handle = item.exited.handle
+            if self.managed.get(handle.hostname) == handle:
+                del self.managed[handle.hostname]
+            notices.extend(drains.exited(self.cluster, handle.hostname, item.exited.exit_code,
+                                         item.exited.forced, now))
+            log.info("worker process exited", worker=handle.hostname, exit_code=item.exited.exit_code,
+                     runtime=handle.runtime)
 
     def _ingest(self, item: EventsIn, now: float, commands: list[Command], notices: list[Notice]) -> None:
         stats = self.stats
@@ -314,7 +440,7 @@ class Controller:
                         suppressed_since_last=suppressed)
 
     def _merge(self, item: SnapshotsIn, now: float, commands: list[Command], notices: list[Notice]) -> None:
-        self._reconciling.discard(item.target)
+        self._reconciling.discard((item.target, item.reason))
         self.stats.reconciles[item.reason] = self.stats.reconciles.get(item.reason, 0) + 1
         if item.target is not None and not item.snapshots:
             self.stats.reconcile_no_reply += 1
@@ -325,6 +451,9 @@ class Controller:
             c, n = self.cluster.merge(snapshot, now)
             commands.extend(c)
             notices.extend(n)
+        if item.reason == CONFIRM_REASON and item.target is not None:
+            answered = any(s.tasks is not None for s in item.snapshots)
+            commands.extend(self.drains.confirm_done(self.cluster, item.target, answered, now))
         if item.target is None:
             log.info("start-up reconcile merged", workers=len(item.snapshots),
                      in_flight=self.cluster.in_flight())
@@ -338,15 +467,85 @@ class Controller:
     # ------------------------------------------------------------------ commands
     def _execute(self, command: Command) -> None:
         assert self._tg is not None
+        tg = self._tg
+        control = self.control
         if isinstance(command, Reconcile):
-            if command.hostname in self._reconciling:
-                return  # one at a time per target; the running one answers the same question
-            if self.control is None:
+            key = (command.hostname, command.reason)
+            if key in self._reconciling:
+                return  # one at a time per target and purpose; the running one answers the same question
+            if control is None:
                 return  # disconnected: the reconnect reconciles every known worker anyway
-            self._reconciling.add(command.hostname)
-            self._tg.start_soon(self._reconcile, command, self.control)
-        elif isinstance(command, EnableEvents) and self.control is not None:
-            self._tg.start_soon(self._enable_events, command, self.control)
+            self._reconciling.add(key)
+            tg.start_soon(self._reconcile, command, control)
+        elif isinstance(command, StopWorker | EscalateWorker):
+            handle = self.managed.get(command.hostname)
+            if handle is not None and self.runtime is not None:
+                tg.start_soon(self._runtime_command, command, handle, self.runtime)
+        elif control is None:
+            # Remote control needs the broker; a drain asks again after its retry interval.
+            log.info("broker down: command deferred", command=type(command).__name__)
+        elif isinstance(command, EnableEvents):
+            tg.start_soon(self._enable_events, command, control)
+        elif isinstance(command, CancelConsumers | AddConsumers):
+            tg.start_soon(self._consumers, command, control)
+        elif isinstance(command, QueryQueues):
+            tg.start_soon(self._query_queues, command, control)
+        elif isinstance(command, ShutdownWorker):
+            tg.start_soon(self._shutdown, command, control)
+
+    async def _consumers(self, command: CancelConsumers | AddConsumers, control: broker.ControlClient) -> None:
+        method = "cancel_consumer" if isinstance(command, CancelConsumers) else "add_consumer"
+        timeout = self.settings.broker.reply_timeout_s
+        try:
+            results = await control.call_many(
+                [(method, {"queue": q}) for q in command.queues], [command.hostname], timeout_s=timeout
+            )
+        except DrainctlError as exc:
+            await self._send.send(CommandFailed(command, str(exc)))
+            return
+        replies: dict[str, bool | None] = {}
+        for queue, result in zip(command.queues, results, strict=True):
+            reply = result.replies.get(command.hostname)
+            replies[queue] = None if reply is None else bool(isinstance(reply, dict) and "ok" in reply)
+        log.info(f"{method} sent", worker=command.hostname, replies={q: _word(r) for q, r in replies.items()})
+        if isinstance(command, CancelConsumers):
+            await self._send.send(CancelRepliedIn(command.hostname, replies))
+
+    async def _query_queues(self, command: QueryQueues, control: broker.ControlClient) -> None:
+        try:
+            result = await control.call("active_queues", {}, [command.hostname],
+                                        timeout_s=self.settings.broker.reply_timeout_s)
+        except DrainctlError as exc:
+            await self._send.send(CommandFailed(command, str(exc)))
+            return
+        queues = parse_queues(result.replies.get(command.hostname), [])
+        await self._send.send(QueuesRepliedIn(command.hostname, queues))
+
+    async def _shutdown(self, command: ShutdownWorker, control: broker.ControlClient) -> None:
+        try:
+            ttl = max(5.0, self.settings.broker.reply_timeout_s)
+            await control.publish("shutdown", {}, [command.hostname], ttl_s=ttl)
+        except DrainctlError as exc:
+            await self._send.send(CommandFailed(command, str(exc)))
+            return
+        log.info("remote shutdown sent", worker=command.hostname)
+
+    async def _runtime_command(
+        self, command: StopWorker | EscalateWorker, handle: WorkerHandle, runtime: WorkerRuntime
+    ) -> None:
+        try:
+            if isinstance(command, StopWorker):
+                log.info("worker still alive after shutdown: stopping it through the runtime",
+                         worker=command.hostname, timeout_s=command.timeout_s)
+                forced = await runtime.stop(handle, command.timeout_s)
+                if forced:
+                    log.warning("SIGTERM had no effect: the worker was killed when the stop timeout expired",
+                                worker=command.hostname, timeout_s=command.timeout_s)
+            else:
+                log.warning("drain past its deadline: escalating with SIGQUIT", worker=command.hostname)
+                await runtime.signal(handle, signal.SIGQUIT)
+        except DrainctlError as exc:
+            await self._send.send(CommandFailed(command, str(exc)))
 
     async def _reconcile(self, command: Reconcile, control: broker.ControlClient) -> None:
         destination = None if command.hostname is None else [command.hostname]
@@ -372,6 +571,42 @@ class Controller:
         if isinstance(reply, dict) and isinstance(reply.get("ok"), str):
             enabled_now = "already" not in reply["ok"]
         await self._send.send(EventsEnabledIn(command.hostname, enabled_now))
+
+
+def _word(reply: bool | None) -> str:
+    return "unknown (no reply)" if reply is None else ("ok" if reply else "error")
+
+
+def drain_document(controller: Controller, drain: Drain) -> dict[str, Any]:
+    """One drain for /status and the drain API: its phase and exactly what it still waits for."""
+    now = controller.clock()
+    worker = controller.cluster.worker(drain.hostname)
+    waiting_for = []
+    if drain.active and worker is not None:
+        for uuid in drain.held:
+            task = worker.tasks.get(uuid)
+            if task is None:
+                continue
+            since = task.started_at if task.started_at is not None else task.received_at
+            waiting_for.append({"id": uuid, "name": task.name, "state": task.state.value,
+                                "age_s": round(now - since, 3)})
+    return {
+        "hostname": drain.hostname,
+        "phase": drain.phase.value,
+        "outcome": drain.outcome.value if drain.outcome is not None else None,
+        "detail": drain.detail,
+        "queues": list(drain.queues),
+        "managed": drain.managed,
+        "forced": drain.forced,
+        "requested_by": drain.requested_by,
+        "duration_s": round(drain.duration(now), 3),
+        "deadline_s": drain.policy.deadline_s,
+        "past_deadline": drain.past_deadline,
+        "escalated": drain.escalated,
+        "waiting_for": waiting_for,
+        "lost_tasks": list(drain.lost_tasks),
+        "reaction_s": drain.reaction_s,
+    }
 
 
 def build_status(controller: Controller) -> dict[str, Any]:
@@ -407,6 +642,8 @@ def build_status(controller: Controller) -> dict[str, Any]:
         })
     stats = controller.stats
     return {
+        "drains": [drain_document(controller, d) for d in controller.drains]
+        + [drain_document(controller, d) for d in reversed(controller.drains.finished)],
         "controller": {
             "id": controller.settings.controller.id,
             "broker": redact_url(controller.broker_url),

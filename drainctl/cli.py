@@ -1,4 +1,9 @@
-"""Command line: `drainctl run | status`. Exit codes: 0 ok, 1 operation failed, 2 bad input."""
+"""Command line: `drainctl run | status | drain`.
+
+Exit codes: 0 ok; 1 the operation failed (a drain ended `lost` or `cancelled`, the API is unreachable);
+2 bad input; 3 refused (e.g. the drain would leave a queue without a consumer); 4 still under way when
+`--wait` gave up.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -69,10 +75,16 @@ async def _serve(settings: config.Settings, url: str) -> None:
     from drainctl.app import Controller
 
     log = structlog.get_logger("drainctl")
-    controller = Controller(settings, url)
+    from drainctl.runtime.process import ProcessRuntime
+
+    runtime = ProcessRuntime(settings.controller.state_dir, settings.controller.id)
+    controller = Controller(settings, url, runtime=runtime)
     host, port = config.parse_listen(settings.http.listen)
+    token = settings.api_token()
+    if token is None:
+        log.warning("no API token set: POST endpoints are disabled (set DRAINCTL_API_TOKEN)")
     try:
-        runner = await http.start(controller, host, port)
+        runner = await http.start(controller, host, port, token)
     except OSError as exc:
         raise DrainctlError(f"cannot listen on {settings.http.listen}: {exc.strerror}; pick another --http") from exc
     log.info("http api listening", address=settings.http.listen)
@@ -92,15 +104,39 @@ async def _serve(settings: config.Settings, url: str) -> None:
             await runner.cleanup()
 
 
-def _get_json(url: str, timeout: float = 10.0) -> Any:
+class HttpError(ApiError):
+    def __init__(self, url: str, status: int, body: dict[str, Any]) -> None:
+        message = body.get("error") if isinstance(body.get("error"), str) else str(body)[:200]
+        super().__init__(f"{url}: HTTP {status}: {message}")
+        self.status = status
+        self.body = body
+
+
+def _request(url: str, *, body: dict[str, Any] | None = None, token: str | None = None,
+             timeout: float = 10.0) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")  # noqa: S310
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the URL is the user's
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the URL is the user's
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise ApiError(f"{url}: HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}") from exc
+        raw = exc.read()
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = {"error": raw[:200].decode(errors="replace")}
+        raise HttpError(url, exc.code, parsed if isinstance(parsed, dict) else {"error": str(parsed)}) from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ApiError(f"cannot reach the controller at {url}: {reason}; is `drainctl run` up? (--url)") from exc
+
+
+def _get_json(url: str, timeout: float = 10.0) -> Any:
+    return _request(url, timeout=timeout)
 
 
 def _age(value: float | None) -> str:
@@ -140,3 +176,70 @@ def status(url: str, as_json: bool) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if len(rows) == 1:
         click.echo("(no workers seen yet)")
+
+
+SUCCESS_OUTCOMES = {"retired", "shutdown-requested", "restarted-by-supervisor"}
+
+
+def _progress(drain: dict[str, Any]) -> str:
+    waiting = drain.get("waiting_for") or []
+    line = f"{drain['hostname']}: {drain['phase']} ({drain['duration_s']:.1f}s)"
+    if waiting:
+        oldest = max(t["age_s"] for t in waiting)
+        line += f", waiting for {len(waiting)} task(s), oldest {oldest:.1f}s: " + ", ".join(
+            t["id"] for t in waiting[:5]) + (" ..." if len(waiting) > 5 else "")
+    if drain.get("past_deadline"):
+        line += "  [PAST DEADLINE]"
+    return line
+
+
+@main.command()
+@click.argument("hostname")
+@click.option("--wait", is_flag=True, help="Wait until the worker is retired (or the drain ends otherwise).")
+@click.option("--timeout", "deadline_s", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Drain deadline: past it the drain is flagged (and escalated with --on-deadline escalate).")
+@click.option("--on-deadline", type=click.Choice(["wait", "escalate"]), default="wait", show_default=True)
+@click.option("--force", is_flag=True, help="Drain even if a queue is left without a consumer.")
+@click.option("--url", default=DEFAULT_URL, show_default=True, help="The controller's API.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final drain document as JSON.")
+def drain(hostname: str, wait: bool, deadline_s: float | None, on_deadline: str, force: bool, url: str,
+          as_json: bool) -> None:
+    """Stop HOSTNAME taking work, wait for its tasks to finish, retire it.
+
+    The API token comes from DRAINCTL_API_TOKEN.
+    """
+    import os
+
+    base = url.rstrip("/")
+    token = os.environ.get("DRAINCTL_API_TOKEN")
+    body = {"hostname": hostname, "force": force, "deadline_s": deadline_s, "on_deadline": on_deadline,
+            "requested_by": f"cli:{os.environ.get('USER', 'unknown')}"[:100]}
+    try:
+        document = _request(f"{base}/drain", body=body, token=token)["drain"]
+    except HttpError as exc:
+        click.echo(f"drainctl: {exc}", err=True)
+        sys.exit(3 if exc.status == 409 else 2 if exc.status in (400, 401, 403) else 1)
+    except ApiError as exc:
+        click.echo(f"drainctl: {exc}", err=True)
+        sys.exit(1)
+    if not as_json:
+        click.echo(f"drain of {hostname} started: queues {', '.join(document['queues']) or '(none)'}")
+    last = ""
+    while wait and document["phase"] != "done":
+        line = _progress(document)
+        if line != last and not as_json:
+            click.echo(line)
+            last = line
+        try:
+            document = _request(f"{base}/drains/{urllib.parse.quote(hostname, safe='')}?wait=5",
+                                timeout=30)["drain"]
+        except ApiError as exc:
+            click.echo(f"drainctl: {exc}", err=True)
+            sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+    elif document["phase"] == "done":
+        click.echo(f"{hostname}: {document['outcome']} after {document['duration_s']:.1f}s — {document['detail']}")
+    if document["phase"] != "done":
+        sys.exit(0 if not wait else 4)
+    sys.exit(0 if document["outcome"] in SUCCESS_OUTCOMES else 1)

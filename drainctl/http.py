@@ -1,13 +1,36 @@
-"""The controller's HTTP API: /metrics, /healthz, /status. Served with aiohttp (already required by aiodocker)."""
+"""The controller's HTTP API, served with aiohttp (already required by aiodocker).
+
+Read-only: GET /metrics, /healthz, /status, /drains/{hostname}[?wait=S].
+Mutating (bearer token required, compared in constant time): POST /drain.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import hmac
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from drainctl.app import Controller, build_status
+from drainctl.app import Controller, build_status, drain_document
+from drainctl.core.drain import DrainPolicy, DrainRefused
 from drainctl.metrics import registry_for
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_WAIT_S = 60.0
+
+
+class DrainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hostname: Annotated[str, Field(min_length=1, max_length=255)]
+    force: bool = False
+    deadline_s: Annotated[float, Field(gt=0)] | None = None
+    on_deadline: Literal["wait", "escalate"] = "wait"
+    requested_by: Annotated[str, Field(max_length=100)] = "api"
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -15,8 +38,22 @@ def _json(data: object, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-def build_app(controller: Controller) -> web.Application:
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return _json({"error": message, **extra}, status)
+
+
+def build_app(controller: Controller, token: str | None) -> web.Application:
     registry = registry_for(controller)
+
+    def authorized(request: web.Request) -> web.Response | None:
+        if token is None:
+            return _error(403, "mutating calls are disabled: set DRAINCTL_API_TOKEN (or [http] token / token_file) "
+                               "on the controller")
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            return _error(401, "missing or wrong bearer token (Authorization: Bearer <DRAINCTL_API_TOKEN>)")
+        return None
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -29,15 +66,50 @@ def build_app(controller: Controller) -> web.Application:
     async def status(_: web.Request) -> web.Response:
         return _json(build_status(controller))
 
-    app = web.Application(client_max_size=64 * 1024)
+    async def post_drain(request: web.Request) -> web.Response:
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        raw = await request.read()
+        try:
+            body = DrainBody.model_validate_json(raw)
+        except ValidationError as exc:
+            problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
+            return _error(400, "invalid request body", problems=problems)
+        policy = DrainPolicy(deadline_s=body.deadline_s, on_deadline=body.on_deadline)
+        try:
+            drain = await controller.request_drain(
+                body.hostname, force=body.force, policy=policy, requested_by=body.requested_by
+            )
+        except DrainRefused as refused:
+            return _error(409, refused.reason, overridable=refused.overridable)
+        return _json({"drain": drain_document(controller, drain)}, 202)
+
+    async def get_drain(request: web.Request) -> web.Response:
+        hostname = request.match_info["hostname"]
+        try:
+            wait = min(float(request.query.get("wait", "0")), MAX_WAIT_S)
+        except ValueError:
+            return _error(400, "wait must be a number of seconds")
+        drain = controller.drains.get(hostname)
+        if drain is None:
+            return _error(404, f"no drain of {hostname!r} is known")
+        if wait > 0 and drain.active:
+            with contextlib.suppress(TimeoutError):
+                await controller.wait_for(lambda: not drain.active, wait)
+        return _json({"drain": drain_document(controller, drain)})
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
+    app.router.add_post("/drain", post_drain)
+    app.router.add_get("/drains/{hostname}", get_drain)
     return app
 
 
-async def start(controller: Controller, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(build_app(controller), access_log=None, handle_signals=False)
+async def start(controller: Controller, host: str, port: int, token: str | None = None) -> web.AppRunner:
+    runner = web.AppRunner(build_app(controller, token), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

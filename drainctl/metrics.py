@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from drainctl.app import Controller
+from drainctl.core.drain import DURATION_BUCKETS
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES
 from drainctl.core.model import WorkerState
 from drainctl.core.snapshot import TaskState
@@ -109,6 +110,22 @@ class ModelCollector(Collector):
         if stats.last_event_wall is not None:
             yield GaugeMetricFamily("drainctl_last_event_timestamp_seconds",
                                     "Unix time of the last event consumed.", value=stats.last_event_wall)
+        drains = controller.drains
+        yield CounterMetricFamily("drainctl_drains_started", "Drains started.", value=drains.started_total)
+        finished = CounterMetricFamily("drainctl_drains_finished", "Drains finished, by outcome.", labels=["outcome"])
+        for outcome, count in sorted(drains.outcomes.items()):
+            finished.add_metric([outcome], count)
+        yield finished
+        yield GaugeMetricFamily("drainctl_drains_in_progress", "Drains under way.", value=len(drains.active))
+        yield GaugeMetricFamily("drainctl_drains_past_deadline", "Drains under way past their deadline.",
+                                value=drains.past_deadline())
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*map(str, DURATION_BUCKETS), "+Inf"), drains.duration_buckets, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily("drainctl_drain_duration_seconds", "Time from drain start to its outcome.",
+                                    buckets=buckets, sum_value=drains.duration_sum)
         yield GaugeMetricFamily("drainctl_start_time_seconds", "Unix time the controller started.",
                                 value=stats.started_wall)
 

@@ -49,6 +49,16 @@ else
     touch .venv/.stamp
 fi
 
+# Older Celery for the compatibility tests (what Airflow 2 fleets run): the controller speaks the
+# wire protocol and must never require its workers to share its own Celery version.
+if [ -x .venv-celery54/bin/celery ]; then
+    log "virtualenv .venv-celery54 exists"
+else
+    log "creating virtualenv .venv-celery54 (celery 5.4)"
+    python3 -m venv .venv-celery54
+    .venv-celery54/bin/pip install -q --disable-pip-version-check 'celery==5.4.0'
+fi
+
 # --- RabbitMQ ----------------------------------------------------------------
 if ! command -v rabbitmq-server >/dev/null 2>&1; then
     apt_install rabbitmq-server

@@ -337,8 +337,9 @@ class DrainBook:
             drain.asked_at = now
             commands.append(QueryQueues(drain.hostname))
         elif phase is Phase.WAITING and worker is not None:
-            # The heartbeat's `active` is a veto: if the worker says it runs something, wait.
-            if not drain.held and not worker.heartbeat_active:
+            # The heartbeat's `active` is a veto: if the worker said it runs something after the
+            # last task we saw end, wait (the disagreement makes the model ask the worker).
+            if not drain.held and not worker.heartbeat_says_busy():
                 self._enter(drain, Phase.VERIFYING, now)
                 drain.asked_at = now
                 commands.append(Reconcile(drain.hostname, CONFIRM_REASON))

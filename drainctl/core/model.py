@@ -87,10 +87,16 @@ class Worker:
     reconcile_requested_at: float | None = None
     # When the last task on this worker ended (model time): drain reaction latency is measured from it.
     last_task_end: float | None = None
+    last_task_end_clock: int = -1
+    heartbeat_active_clock: int = -1
 
     @property
     def collision(self) -> bool:
         return self.collision_at is not None
+
+    def heartbeat_says_busy(self) -> bool:
+        """The last heartbeat counted running tasks, and no task ended after it was sent."""
+        return bool(self.heartbeat_active) and self.heartbeat_active_clock > self.last_task_end_clock
 
     def count(self, state: TaskState) -> int:
         return sum(1 for t in self.tasks.values() if t.state is state)
@@ -270,6 +276,7 @@ class Cluster:
             notices.append(Notice("worker-recovered", worker.hostname, "heartbeats resumed"))
         if event.type == "worker-heartbeat" and event.active is not None:
             worker.heartbeat_active = event.active
+            worker.heartbeat_active_clock = event.clock
             commands.extend(self._check_active(worker, event.active, now))
         return commands, notices
 
@@ -327,6 +334,7 @@ class Cluster:
             if task is not None:
                 del worker.tasks[event.uuid]
                 worker.last_task_end = now
+                worker.last_task_end_clock = max(worker.last_task_end_clock, event.clock)
             self._bury(key, event.clock, event.pid)
             outcomes = self.task_outcomes
             outcomes[etype] = outcomes.get(etype, 0) + 1

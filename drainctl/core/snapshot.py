@@ -80,7 +80,7 @@ def _tasks(
     return tuple(out.values())
 
 
-def _queues(reply: Any, problems: list[str]) -> tuple[str, ...] | None:
+def parse_queues(reply: Any, problems: list[str]) -> tuple[str, ...] | None:
     if not isinstance(reply, list):
         problems.append("active_queues: no usable reply")
         return None
@@ -107,5 +107,5 @@ def build_snapshot(hostname: str, replies: Mapping[str, Any]) -> WorkerSnapshot:
     problems: list[str] = []
     clock = _clock(replies.get("clock"), problems)
     tasks = _tasks(replies.get("active"), replies.get("reserved"), replies.get("scheduled"), problems)
-    queues = _queues(replies.get("active_queues"), problems)
+    queues = parse_queues(replies.get("active_queues"), problems)
     return WorkerSnapshot(hostname, clock, tasks, queues, tuple(problems))

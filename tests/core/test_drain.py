@@ -157,6 +157,15 @@ def test_heartbeat_active_vetoes_an_empty_model() -> None:
     assert book.evaluate(cluster, 3)[0] == [Reconcile(A, CONFIRM_REASON)]
 
 
+def test_a_stale_heartbeat_active_does_not_veto() -> None:
+    cluster = fleet((A, ("q",)), (B, ("q",)))
+    book = DrainBook()
+    feed(cluster, [task_event("started", "t", 2, host=A, pid=1), worker_event("heartbeat", 3, host=A, pid=1, active=1),
+                   task_event("succeeded", "t", 4, host=A, pid=1)])
+    drained_to_waiting(cluster, book)
+    assert book.evaluate(cluster, 2)[0] == [Reconcile(A, CONFIRM_REASON)]
+
+
 def test_confirming_inspect_that_finds_tasks_goes_back_to_waiting() -> None:
     cluster = fleet((A, ("q",)), (B, ("q",)))
     book = DrainBook()

@@ -1,0 +1,179 @@
+"""Drains against a real RabbitMQ, real `celery worker` processes and the process runtime."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from celery import Celery
+
+from drainctl import config, http
+from drainctl.app import Controller
+from drainctl.core.drain import DrainRefused, Outcome
+from drainctl.core.snapshot import TaskState
+from drainctl.runtime.base import WorkerSpec
+from drainctl.runtime.process import ProcessRuntime
+from tests.helpers import read_records
+from tests.integration.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.anyio
+
+CELERY_PYTHONS = {
+    "celery-current": sys.executable,
+    "celery-5.4": str(REPO_ROOT / ".venv-celery54" / "bin" / "python"),
+}
+TOKEN = "test-token-" + uuid.uuid4().hex
+
+
+@asynccontextmanager
+async def controller_with_runtime(broker_url: str, state_dir: Path, **controller: Any) -> AsyncIterator[Controller]:
+    controller_id = f"drain-{uuid.uuid4().hex[:8]}"
+    settings = config.from_mapping({
+        "controller": {"id": controller_id, "state_dir": str(state_dir), **controller},
+        "broker": {"reply_timeout_s": 1.0, "reconnect_max_backoff_s": 1.0},
+        "events": {"queue_expires_s": 120},
+    })
+    ctl = Controller(settings, broker_url, runtime=ProcessRuntime(state_dir, controller_id))
+    async with anyio.create_task_group() as tg:
+        await tg.start(ctl.run)
+        try:
+            await ctl.wait_for(ctl.synced.is_set, 20)
+            yield ctl
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def worker_spec(name: str, queue: str, broker_url: str, record_dir: Path, *, python: str = sys.executable,
+                prefetch: int = 2) -> WorkerSpec:
+    hostname = f"{name}@{socket.gethostname()}"
+    return WorkerSpec(
+        hostname=hostname, pool="test", version="v1", queues=(queue,),
+        command=(python, "-m", "celery", "-A", "tests.integration.taskapp", "worker", "-n", hostname, "-Q", queue,
+                 "-c", "1", "-E", "--without-mingle", "--without-gossip", "-l", "INFO"),
+        env={"DRAINCTL_TEST_BROKER_URL": broker_url, "TASKAPP_PREFETCH": str(prefetch),
+             "TASKAPP_RECORD_DIR": str(record_dir), "PYTHONUNBUFFERED": "1",
+             "PYTHONPATH": str(REPO_ROOT)},
+        cwd=str(REPO_ROOT), stop_timeout_s=30,
+    )
+
+
+async def send(app: Celery, queue: str, seconds: float, *, countdown: float | None = None) -> str:
+    from tests.integration.taskapp import sleep
+
+    result = await anyio.to_thread.run_sync(partial(sleep.apply_async, (seconds,), queue=queue, countdown=countdown))
+    return str(result.id)
+
+
+def held(ctl: Controller, host: str, state: TaskState) -> set[str]:
+    worker = ctl.cluster.worker(host)
+    return set(worker.task_ids(state)) if worker else set()
+
+
+@pytest.mark.parametrize("celery", sorted(CELERY_PYTHONS))
+async def test_drain_waits_for_running_and_prefetched_and_hands_the_eta_task_over(
+    broker_url: str, celery_worker: Any, celery_app: Celery, tmp_path: Path, celery: str
+) -> None:
+    python = CELERY_PYTHONS[celery]
+    if not Path(python).exists():
+        pytest.fail(f"{python} is missing: scripts/setup.sh creates it")
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    records = tmp_path / "records"
+    records.mkdir()
+    async with controller_with_runtime(broker_url, tmp_path / "state") as ctl:
+        spec = worker_spec("drained", queue, broker_url, records, python=python)
+        await ctl.start_worker(spec)
+        host = spec.hostname
+        await ctl.wait_for(lambda: (w := ctl.cluster.worker(host)) is not None and w.queues == (queue,), 60)
+
+        running = await send(celery_app, queue, 4)
+        prefetched = await send(celery_app, queue, 1.5)
+        eta = await send(celery_app, queue, 0.2, countdown=14)
+        await ctl.wait_for(lambda: held(ctl, host, TaskState.RUNNING) == {running}
+                           and held(ctl, host, TaskState.RESERVED) == {prefetched}
+                           and held(ctl, host, TaskState.SCHEDULED) == {eta}, 20)
+
+        other = await anyio.to_thread.run_sync(partial(
+            celery_worker, "other", queues=[queue], python=python, record_dir=str(records)))
+        await ctl.wait_for(lambda: (w := ctl.cluster.worker(other.hostname)) is not None and w.queues == (queue,), 20)
+
+        drain = await ctl.request_drain(host)
+        await ctl.wait_for(lambda: not drain.active, 60)
+        assert drain.outcome is Outcome.RETIRED, drain.detail
+        assert drain.reaction_s is not None
+        assert host not in ctl.managed  # the process exited
+
+        # The ETA task is handed to the other worker when the drained one closes its connection.
+        seen: set[str] = set()
+
+        def eta_ran_on_other() -> bool:
+            worker = ctl.cluster.worker(other.hostname)
+            if worker is not None and eta in worker.tasks:
+                seen.add(eta)
+                return False
+            return bool(seen)
+
+        await ctl.wait_for(eta_ran_on_other, 30)
+
+    runs = read_records(records)
+    starts = Counter(r["uuid"] for r in runs if r["event"] == "start")
+    ends = Counter(r["uuid"] for r in runs if r["event"] == "end")
+    assert starts == Counter({running: 1, prefetched: 1, eta: 1}), runs
+    assert ends == starts, "a task started but never finished: it was interrupted"
+    where = {r["uuid"]: r["hostname"] for r in runs}
+    assert where[running] == host and where[prefetched] == host
+    assert where[eta] == other.hostname
+
+
+async def test_concurrent_drains_of_a_queues_last_two_consumers_refuse_the_second(
+    broker_url: str, celery_worker: Any, tmp_path: Path
+) -> None:
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    first = await anyio.to_thread.run_sync(partial(celery_worker, "last-a", queues=[queue]))
+    second = await anyio.to_thread.run_sync(partial(celery_worker, "last-b", queues=[queue]))
+    async with controller_with_runtime(broker_url, tmp_path / "state") as ctl:
+        for w in (first, second):
+            await ctl.wait_for(lambda w=w: (x := ctl.cluster.worker(w.hostname)) is not None  # type: ignore[misc]
+                               and x.queues == (queue,), 20)
+        runner = await http.start(ctl, "127.0.0.1", 0, TOKEN)
+        try:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+            def cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
+                env = {k: v for k, v in os.environ.items() if k != "DRAINCTL_API_TOKEN"}
+                if token is not None:
+                    env["DRAINCTL_API_TOKEN"] = token
+                return subprocess.run([sys.executable, "-m", "drainctl", *args, "--url", url],
+                                      capture_output=True, text=True, timeout=60, env=env)
+
+            denied = await anyio.to_thread.run_sync(partial(cli, "drain", first.hostname, token="wrong"))
+            assert denied.returncode == 2 and "bearer token" in denied.stderr
+            assert ctl.drains.started_total == 0
+
+            accepted = await anyio.to_thread.run_sync(cli, "drain", first.hostname)
+            assert accepted.returncode == 0, accepted.stderr
+            refused = await anyio.to_thread.run_sync(cli, "drain", second.hostname)
+            assert refused.returncode == 3
+            assert f"queue '{queue}' would have no consumer" in refused.stderr
+            with pytest.raises(DrainRefused):
+                await ctl.request_drain(second.hostname)
+
+            # The first one is not ours: remote shutdown, outcome shutdown-requested.
+            waited = await anyio.to_thread.run_sync(cli, "drain", first.hostname, "--wait", "--json")
+            assert waited.returncode == 0, waited.stderr
+            document = orjson.loads(waited.stdout)
+            assert document["outcome"] == "shutdown-requested"
+            assert await anyio.to_thread.run_sync(first.wait, 30) == 0
+        finally:
+            await runner.cleanup()
