@@ -111,6 +111,8 @@ class CeleryEventStream:
         self.inflight_limit = inflight_limit
         self.start = start
         self.stats = StreamStats()
+        # Simulated time of the message last yielded (a broker-less consumer can use it as its clock).
+        self.now = start
 
     # ---------------------------------------------------------------- encoding
     def _emit(self, routing_key: str, hostname: str, payload: Any, events: int) -> WireMessage:
@@ -195,6 +197,7 @@ class CeleryEventStream:
             while next_hb <= t:
                 w = workers[hb_index % n_workers]
                 hb_index += 1
+                self.now = next_hb
                 w.clock += 1
                 generated += 1
                 by_type["worker-heartbeat"] = by_type.get("worker-heartbeat", 0) + 1
@@ -205,6 +208,7 @@ class CeleryEventStream:
                     "loadavg": loadavg, **SW_INFO, "timestamp": next_hb, "type": "worker-heartbeat",
                 }, 1)
                 next_hb += hb_step
+            self.now = t
             w = workers[rng.randrange(n_workers)]
             can_receive = len(w.inflight) < self.inflight_limit and (
                 self.max_tasks is None or received < self.max_tasks)
@@ -220,6 +224,7 @@ class CeleryEventStream:
         for w in workers:
             while w.inflight:
                 t += dt
+                self.now = t
                 advance(w, 0, t)
                 if len(w.buffer) >= w.flush_at:
                     yield flush(w)

@@ -549,13 +549,21 @@ class Controller:
 
     async def _reconcile(self, command: Reconcile, control: broker.ControlClient) -> None:
         destination = None if command.hostname is None else [command.hostname]
-        try:
-            replies = await broker.reconcile(control, destination, timeout_s=self.settings.broker.reply_timeout_s)
-        except DrainctlError as exc:
-            self._reconciling.discard(command.hostname)
-            await self._send.send(CommandFailed(command, str(exc)))
-            return
-        snapshots = tuple(build_snapshot(host, methods) for host, methods in sorted(replies.items()))
+        timeout = self.settings.broker.reply_timeout_s
+        for attempt in range(3):
+            try:
+                replies = await broker.reconcile(control, destination, timeout_s=timeout)
+            except DrainctlError as exc:
+                self._reconciling.discard((command.hostname, command.reason))
+                await self._send.send(CommandFailed(command, str(exc)))
+                return
+            snapshots = tuple(build_snapshot(host, methods) for host, methods in sorted(replies.items()))
+            complete = all(s.tasks is not None and s.clock is not None for s in snapshots)
+            # A worker that just came online may not listen on its pidbox yet: commands sent before
+            # its queue exists are gone. Ask a targeted question again, briefly, before settling.
+            if destination is None or (snapshots and complete) or attempt == 2:
+                break
+            await anyio.sleep(0.5 * (attempt + 1))
         await self._send.send(SnapshotsIn(command.reason, command.hostname, snapshots))
 
     async def _enable_events(self, command: EnableEvents, control: broker.ControlClient) -> None:

@@ -29,3 +29,7 @@ class ControlError(DrainctlError):
 
 class ApiError(DrainctlError):
     """The controller's HTTP API answered with an error."""
+
+
+class RuntimeFailure(DrainctlError):
+    """The worker runtime (local processes or the Docker engine) could not do what was asked."""

@@ -2,7 +2,8 @@
 # Idempotent setup of everything drainctl's demo and test suite need, on a fresh
 # Debian machine (as root) or on one that was set up before:
 #   * the project virtualenv .venv with drainctl installed editable plus the dev extras;
-#   * a running RabbitMQ with the rabbitmq_event_exchange plugin enabled.
+#   * a running RabbitMQ with the rabbitmq_event_exchange plugin enabled;
+#   * a running Docker engine and the test image drainctl-test:base (scripts/dockerd.sh).
 # Safe to run from any working directory and any number of times.
 set -euo pipefail
 
@@ -95,5 +96,8 @@ else
     log "enabling plugin rabbitmq_event_exchange"
     timeout 120 rabbitmq-plugins enable --quiet rabbitmq_event_exchange >/dev/null
 fi
+
+# --- Docker engine (docker runtime tests; without one they are skipped) ------
+bash "$ROOT/scripts/dockerd.sh" || log "WARNING: no Docker engine: the docker runtime tests will be skipped"
 
 log "done"

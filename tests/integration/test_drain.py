@@ -105,7 +105,7 @@ async def test_drain_waits_for_running_and_prefetched_and_hands_the_eta_task_ove
                            and held(ctl, host, TaskState.SCHEDULED) == {eta}, 20)
 
         other = await anyio.to_thread.run_sync(partial(
-            celery_worker, "other", queues=[queue], python=python, record_dir=str(records)))
+            celery_worker, "other", queues=[queue], python=python, record_dir=records))
         await ctl.wait_for(lambda: (w := ctl.cluster.worker(other.hostname)) is not None and w.queues == (queue,), 20)
 
         drain = await ctl.request_drain(host)
@@ -137,7 +137,7 @@ async def test_drain_waits_for_running_and_prefetched_and_hands_the_eta_task_ove
 
 
 async def test_concurrent_drains_of_a_queues_last_two_consumers_refuse_the_second(
-    broker_url: str, celery_worker: Any, tmp_path: Path
+    broker_url: str, celery_worker: Any, celery_app: Celery, tmp_path: Path
 ) -> None:
     queue = f"q-{uuid.uuid4().hex[:8]}"
     first = await anyio.to_thread.run_sync(partial(celery_worker, "last-a", queues=[queue]))
@@ -157,6 +157,10 @@ async def test_concurrent_drains_of_a_queues_last_two_consumers_refuse_the_secon
                 return subprocess.run([sys.executable, "-m", "drainctl", *args, "--url", url],
                                       capture_output=True, text=True, timeout=60, env=env)
 
+            # Each worker runs a task, so the first drain is still under way when the second is asked for.
+            tasks = [await send(celery_app, queue, 4) for _ in range(2)]
+            await ctl.wait_for(lambda: held(ctl, first.hostname, TaskState.RUNNING) | held(
+                ctl, second.hostname, TaskState.RUNNING) == set(tasks), 20)
             denied = await anyio.to_thread.run_sync(partial(cli, "drain", first.hostname, token="wrong"))
             assert denied.returncode == 2 and "bearer token" in denied.stderr
             assert ctl.drains.started_total == 0
@@ -169,7 +173,7 @@ async def test_concurrent_drains_of_a_queues_last_two_consumers_refuse_the_secon
             with pytest.raises(DrainRefused):
                 await ctl.request_drain(second.hostname)
 
-            # The first one is not ours: remote shutdown, outcome shutdown-requested.
+            # Joining the drain under way; the worker is not ours: remote shutdown, outcome shutdown-requested.
             waited = await anyio.to_thread.run_sync(cli, "drain", first.hostname, "--wait", "--json")
             assert waited.returncode == 0, waited.stderr
             document = orjson.loads(waited.stdout)
