@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from drainctl import config
+from drainctl.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "drainctl.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    settings = config.load(None)
+    assert settings.http.listen == "127.0.0.1:9540"
+    assert settings.broker_url({}) == config.DEFAULT_BROKER_URL
+
+
+def test_a_valid_file(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, '[controller]\nid = "ctl-1"\nsilent_after_s = 5\n[http]\nlisten = "0.0.0.0:9000"\n'))
+    assert settings.controller.id == "ctl-1" and settings.controller.silent_after_s == 5.0
+    assert settings.http.listen == "0.0.0.0:9000"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[controller]\nid = "ok"\nsilent_after_s = -1\n', ":3: controller.silent_after_s: Input should be greater than 0"),
+        ('[controller]\nsilnet_after_s = 3\n', ":2: controller.silnet_after_s: unknown key"),
+        ('[http]\nlisten = "nowhere"\n', ":2: http.listen: must be HOST:PORT"),
+        ('[controller]\nid = "bad id!"\n', ":2: controller.id: must be 1-63 characters"),
+        ('[events]\nprefetch = "lots"\n', ":2: events.prefetch: Input should be a valid integer"),
+        ('[brokr]\nurl = "amqp://x"\n', ":1: brokr: unknown key"),
+        ("[controller\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert expected in message
+
+
+def test_non_utf8_and_missing_files_are_clear(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        config.load(path)
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        config.load(tmp_path / "missing.toml")
+
+
+def test_broker_url_precedence_and_file(tmp_path: Path) -> None:
+    secret = tmp_path / "url"
+    secret.write_text("amqp://u:p@from-file//\n")
+    settings = config.load(write(tmp_path, f'[broker]\nurl = "amqp://u:p@inline//"\nurl_file = "{secret}"\n'))
+    assert settings.broker_url({}) == "amqp://u:p@from-file//"
+    assert settings.broker_url({"DRAINCTL_BROKER_URL": "amqp://u:p@env//"}) == "amqp://u:p@env//"
+    inline = config.load(write(tmp_path, '[broker]\nurl = "amqp://u:p@inline//"\n'))
+    assert inline.broker_url({}) == "amqp://u:p@inline//"
+    missing = config.load(write(tmp_path, f'[broker]\nurl_file = "{tmp_path / "nope"}"\n'))
+    with pytest.raises(ConfigError, match=r"\[broker\] url_file: cannot read"):
+        missing.broker_url({})
+
+
+def test_api_token_sources(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    settings = config.load(write(tmp_path, f'[http]\ntoken_file = "{token}"\n'))
+    assert settings.api_token({}) == "s3cret"
+    assert settings.api_token({"DRAINCTL_API_TOKEN": "env"}) == "env"
+    assert config.load(None).api_token({}) is None
