@@ -390,3 +390,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
                 tail = f"<cannot read {w.log_path}: {exc}>"
             report.sections.append((f"worker {w.hostname} (pid {w.pid}) log tail", tail))
     return report
+
+
+@pytest.fixture(scope="session")
+def docker_available() -> None:
+    """A Docker engine answers and the test image exists (skips outside CI when there is none)."""
+    from tests.integration.docker_support import require_docker
+
+    require_docker()

@@ -13,7 +13,6 @@ import dataclasses
 import re
 import signal
 import socket
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,10 +30,10 @@ from drainctl.errors import RuntimeFailure
 from drainctl.runtime.base import LABEL_CONTROLLER, LABEL_HOSTNAME, LABEL_POOL, LABEL_VERSION, Exited, WorkerSpec
 from drainctl.runtime.docker import DockerRuntime
 from tests.integration.conftest import REPO_ROOT, TASKAPP_MODULE
+from tests.integration.docker_support import IMAGE, docker, host_binds
 
 pytestmark = pytest.mark.anyio
 
-IMAGE = "drainctl-test:base"
 DOCKER_SOCK = "/var/run/docker.sock"
 
 # Exits 0 on SIGTERM. (PID 1 of a container ignores signals it has no handler for.)
@@ -48,46 +47,15 @@ POLITE = (
 DEAF = "import time; print('ready', flush=True); time.sleep(120)"
 
 
-def _docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
-@pytest.fixture(scope="session")
-def docker_available() -> None:
-    """Skip (with the reason) when no Docker engine answers; make sure the test image exists."""
-    try:
-        info = _docker("info", timeout=20)
-    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"no Docker engine: `docker info` failed ({exc}); run `bash scripts/dockerd.sh` as root")
-    if info.returncode != 0:
-        pytest.skip(
-            f"no Docker engine: `docker info` failed ({info.stderr.strip()[-300:]}); "
-            "run `bash scripts/dockerd.sh` as root"
-        )
-    if _docker("image", "inspect", IMAGE).returncode != 0:
-        # The engine answers, so this only imports the image.
-        subprocess.run(["bash", str(REPO_ROOT / "scripts" / "dockerd.sh")], check=True, timeout=120)
-
-
-def host_binds() -> tuple[str, ...]:
-    """Read-only binds giving an empty image the host's userland, Python and this repo, at the same paths."""
-    roots: list[Path] = [Path(d) for d in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64")
-                         if Path(d).is_dir() and not Path(d).is_symlink()]
-    for extra in (Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), REPO_ROOT.resolve()):
-        if not any(extra == r or r in extra.parents for r in roots):
-            roots = [r for r in roots if extra not in r.parents] + [extra]
-    return tuple(f"{r}:{r}:ro" for r in roots)
-
-
 @pytest.fixture
 def controller_id(docker_available: None) -> Iterator[str]:
     """A controller id unique to the test; every container labelled with it is removed at teardown."""
     cid = f"test-{uuid.uuid4().hex[:10]}"
     yield cid
-    listed = _docker("ps", "-aq", "--filter", f"label={LABEL_CONTROLLER}={cid}")
+    listed = docker("ps", "-aq", "--filter", f"label={LABEL_CONTROLLER}={cid}")
     ids = listed.stdout.split()
     if ids:
-        _docker("rm", "-f", *ids)
+        docker("rm", "-f", *ids)
 
 
 @contextlib.asynccontextmanager

@@ -23,10 +23,12 @@ from drainctl import config, http
 from drainctl.app import Controller
 from drainctl.core.drain import DrainRefused, Outcome
 from drainctl.core.snapshot import TaskState
-from drainctl.runtime.base import WorkerSpec
+from drainctl.runtime.base import LABEL_CONTROLLER, WorkerRuntime, WorkerSpec
+from drainctl.runtime.docker import DockerRuntime
 from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records
 from tests.integration.conftest import REPO_ROOT
+from tests.integration.docker_support import IMAGE, docker, host_binds
 
 pytestmark = pytest.mark.anyio
 
@@ -38,26 +40,41 @@ TOKEN = "test-token-" + uuid.uuid4().hex
 
 
 @asynccontextmanager
-async def controller_with_runtime(broker_url: str, state_dir: Path, **controller: Any) -> AsyncIterator[Controller]:
+async def controller_with_runtime(
+    broker_url: str, state_dir: Path, runtime: str = "process", **controller: Any
+) -> AsyncIterator[Controller]:
     controller_id = f"drain-{uuid.uuid4().hex[:8]}"
     settings = config.from_mapping({
         "controller": {"id": controller_id, "state_dir": str(state_dir), **controller},
         "broker": {"reply_timeout_s": 1.0, "reconnect_max_backoff_s": 1.0},
         "events": {"queue_expires_s": 120},
     })
-    ctl = Controller(settings, broker_url, runtime=ProcessRuntime(state_dir, controller_id))
-    async with anyio.create_task_group() as tg:
-        await tg.start(ctl.run)
-        try:
-            await ctl.wait_for(ctl.synced.is_set, 20)
-            yield ctl
-        finally:
-            tg.cancel_scope.cancel()
+    rt: WorkerRuntime = (
+        DockerRuntime(controller_id) if runtime == "docker" else ProcessRuntime(state_dir, controller_id)
+    )
+    ctl = Controller(settings, broker_url, runtime=rt)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(ctl.run)
+            try:
+                await ctl.wait_for(ctl.synced.is_set, 20)
+                yield ctl
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        if isinstance(rt, DockerRuntime):
+            await rt.aclose()
+            listed = docker("ps", "-aq", "--filter", f"label={LABEL_CONTROLLER}={controller_id}")
+            if listed.stdout.split():
+                docker("rm", "-f", *listed.stdout.split())
 
 
 def worker_spec(name: str, queue: str, broker_url: str, record_dir: Path, *, python: str = sys.executable,
-                prefetch: int = 2) -> WorkerSpec:
+                prefetch: int = 2, runtime: str = "process") -> WorkerSpec:
     hostname = f"{name}@{socket.gethostname()}"
+    docker_only: dict[str, Any] = {}
+    if runtime == "docker":
+        docker_only = {"image": IMAGE, "binds": (*host_binds(), f"{record_dir}:{record_dir}:rw")}
     return WorkerSpec(
         hostname=hostname, pool="test", version="v1", queues=(queue,),
         command=(python, "-m", "celery", "-A", "tests.integration.taskapp", "worker", "-n", hostname, "-Q", queue,
@@ -65,7 +82,7 @@ def worker_spec(name: str, queue: str, broker_url: str, record_dir: Path, *, pyt
         env={"DRAINCTL_TEST_BROKER_URL": broker_url, "TASKAPP_PREFETCH": str(prefetch),
              "TASKAPP_RECORD_DIR": str(record_dir), "PYTHONUNBUFFERED": "1",
              "PYTHONPATH": str(REPO_ROOT)},
-        cwd=str(REPO_ROOT), stop_timeout_s=30,
+        cwd=str(REPO_ROOT), stop_timeout_s=30, **docker_only,
     )
 
 
@@ -81,18 +98,24 @@ def held(ctl: Controller, host: str, state: TaskState) -> set[str]:
     return set(worker.task_ids(state)) if worker else set()
 
 
-@pytest.mark.parametrize("celery", sorted(CELERY_PYTHONS))
+@pytest.mark.parametrize(
+    ("runtime", "celery"),
+    [("process", "celery-current"), ("process", "celery-5.4"), ("docker", "celery-current")],
+)
 async def test_drain_waits_for_running_and_prefetched_and_hands_the_eta_task_over(
-    broker_url: str, celery_worker: Any, celery_app: Celery, tmp_path: Path, celery: str
+    broker_url: str, celery_worker: Any, celery_app: Celery, tmp_path: Path, celery: str, runtime: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if runtime == "docker":
+        request.getfixturevalue("docker_available")
     python = CELERY_PYTHONS[celery]
     if not Path(python).exists():
         pytest.fail(f"{python} is missing: scripts/setup.sh creates it")
     queue = f"q-{uuid.uuid4().hex[:8]}"
     records = tmp_path / "records"
     records.mkdir()
-    async with controller_with_runtime(broker_url, tmp_path / "state") as ctl:
-        spec = worker_spec("drained", queue, broker_url, records, python=python)
+    async with controller_with_runtime(broker_url, tmp_path / "state", runtime) as ctl:
+        spec = worker_spec(f"drained-{runtime}", queue, broker_url, records, python=python, runtime=runtime)
         await ctl.start_worker(spec)
         host = spec.hostname
         await ctl.wait_for(lambda: (w := ctl.cluster.worker(host)) is not None and w.queues == (queue,), 60)
