@@ -6,15 +6,17 @@ Precedence for the broker URL (so that no password needs to sit in argv or in th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drainctl.errors import ConfigError
 
@@ -81,12 +83,101 @@ class HttpSettings(_Section):
         return value
 
 
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$")
+PLACEHOLDERS = ("hostname", "queues", "concurrency", "pool", "version")
+
+
+class PoolSettings(_Section):
+    """A pool of identical workers the controller keeps at `replicas`, rolled out surge-first."""
+
+    name: str
+    queues: Annotated[list[str], Field(min_length=1)]
+    replicas: Annotated[int, Field(ge=1, le=1000)]
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 1
+    runtime: Literal["process", "docker"] = "process"
+    # argv; {hostname} {queues} {concurrency} {pool} {version} are filled in. Without {hostname},
+    # drainctl appends `-n {hostname} -Q {queues} -c {concurrency}`.
+    command: Annotated[list[str], Field(min_length=1)]
+    image: str | None = None
+    version: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    surge: Annotated[int, Field(ge=1, le=100)] = 1
+    max_per_host: Annotated[int, Field(ge=1)] | None = None
+    ready_timeout_s: PositiveFloat = 120.0
+    drain_deadline_s: PositiveFloat | None = None
+    on_drain_deadline: Literal["wait", "escalate"] = "wait"
+    stop_timeout_s: PositiveFloat = 600.0
+    network_mode: str = "host"
+    binds: list[str] = Field(default_factory=list)
+    cwd: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("must be 1-31 letters, digits, '.', '_' or '-' (it becomes part of worker names)")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _valid_version(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME_RE.match(value):
+            raise ValueError("must be 1-31 letters, digits, '.', '_' or '-' (it becomes part of worker names)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PoolSettings:
+        if self.runtime == "docker" and not self.image:
+            raise ValueError("runtime 'docker' needs an image")
+        if self.max_per_host is not None and self.max_per_host < self.replicas + 1:
+            raise ValueError(
+                f"max_per_host ({self.max_per_host}) must be at least replicas + 1 ({self.replicas + 1}): "
+                "a surge-first rollout starts a new worker before it retires an old one"
+            )
+        for arg in self.command:
+            for name in re.findall(r"{(\w*)}", arg):
+                if name not in PLACEHOLDERS:
+                    raise ValueError(f"command: unknown placeholder {{{name}}} (known: {', '.join(PLACEHOLDERS)})")
+        return self
+
+    @property
+    def cap(self) -> int:
+        """Workers of this pool alive at once on this host, draining ones included."""
+        return min(self.replicas + self.surge, self.max_per_host or self.replicas + self.surge)
+
+    @property
+    def fingerprint(self) -> str:
+        """What defines a worker of this pool: a change of any of it is a new version."""
+        data = {
+            "command": self.command, "image": self.image, "env": self.env, "concurrency": self.concurrency,
+            "queues": sorted(self.queues), "runtime": self.runtime, "network_mode": self.network_mode,
+            "binds": self.binds, "cwd": self.cwd,
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+    @property
+    def target_version(self) -> str:
+        return self.version or self.fingerprint
+
+
 class Settings(_Section):
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    pool: list[PoolSettings] = Field(default_factory=list)
     source: str = "<defaults>"
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> Settings:
+        names = [p.name for p in self.pool]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"pool names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def pools(self) -> dict[str, PoolSettings]:
+        return {p.name: p for p in self.pool}
 
     def broker_url(self, environ: Mapping[str, str] | None = None) -> str:
         env = os.environ if environ is None else environ
@@ -123,28 +214,42 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def _line_of(text: str, loc: Sequence[str | int]) -> int | None:
-    """Best-effort line number of a dotted key in TOML text (tomllib keeps no positions)."""
-    section = None
+    """Best-effort line number of a key path in TOML text (tomllib keeps no positions).
+
+    Understands `[section]` tables and `[[pool]]` arrays of tables (`("pool", 2, "replicas")`).
+    """
     lines = text.splitlines()
-    keys = [str(part) for part in loc if isinstance(part, str)]
-    if not keys:
-        return None
-    wanted_section = ".".join(keys[:-1])
-    header = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+")
+    header = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]")
+    sections = []
     for number, line in enumerate(lines, start=1):
         match = header.match(line)
         if match:
-            section = match.group(1).replace('"', "")
-            if len(keys) == 1 and section == keys[0]:
-                return number
-            continue
-        if (section or "") == wanted_section and re.match(rf"^\s*\"?{re.escape(keys[-1])}\"?\s*=", line):
+            sections.append((number, match.group(2).replace('"', ""), match.group(1) == "[["))
+    parts = list(loc)
+    if not parts:
+        return None
+    start = 0  # top level: before the first header
+    key_parts: list[str | int] = parts
+    if isinstance(parts[0], str):
+        name = parts[0]
+        if len(parts) > 1 and isinstance(parts[1], int):
+            tables = [n for n, s, is_array in sections if s == name and is_array]
+            if parts[1] < len(tables):
+                start, key_parts = tables[parts[1]], parts[2:]
+        else:
+            tables = [n for n, s, is_array in sections if s == name and not is_array]
+            if tables:
+                start, key_parts = tables[0], parts[1:]
+    following = [n for n, _, _ in sections if n > start]
+    end = following[0] if following else len(lines) + 1
+    key = next((p for p in key_parts if isinstance(p, str)), None)
+    if key is None:
+        return start or None
+    pattern = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
+    for number in range(start + 1, end):
+        if pattern.match(lines[number - 1]):
             return number
-    for number, line in enumerate(lines, start=1):
-        match = header.match(line)
-        if match and match.group(1).replace('"', "") == wanted_section:
-            return number
-    return None
+    return start or None
 
 
 def _describe(error: Mapping[str, Any]) -> str:
@@ -187,3 +292,10 @@ def load(path: Path | None) -> Settings:
     if "source" in data:
         raise ConfigError(f"{path}:{_line_of(text, ['source']) or '?'}: source: unknown key")
     return from_mapping(data, source=str(path), text=text)
+
+
+def uncovered_queues(old: Settings, new: Settings) -> list[str]:
+    """Queues some pool consumes under `old` that no pool would consume under `new`."""
+    before = {q for p in old.pool for q in p.queues}
+    after = {q for p in new.pool for q in p.queues}
+    return sorted(before - after)

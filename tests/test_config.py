@@ -76,3 +76,53 @@ def test_api_token_sources(tmp_path: Path) -> None:
     assert settings.api_token({}) == "s3cret"
     assert settings.api_token({"DRAINCTL_API_TOKEN": "env"}) == "env"
     assert config.load(None).api_token({}) is None
+
+
+POOL = '''
+[[pool]]
+name = "default"
+queues = ["default"]
+replicas = 3
+command = ["celery", "-A", "proj", "worker"]
+
+[[pool]]
+name = "reports"
+queues = ["reports"]
+replicas = 1
+command = ["celery", "-A", "proj", "worker", "-n", "{hostname}", "-Q", "{queues}"]
+'''
+
+
+def test_pools_parse_with_defaults_and_a_version_from_their_content(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, POOL))
+    pools = settings.pools()
+    assert list(pools) == ["default", "reports"]
+    default = pools["default"]
+    assert (default.surge, default.cap, default.runtime) == (1, 4, "process")
+    assert len(default.target_version) == 8
+    changed = config.load(write(tmp_path, POOL.replace('replicas = 3', 'replicas = 3\nenv = {A = "1"}', 1)))
+    assert changed.pools()["default"].target_version != default.target_version
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("replicas = 1", "replicas = 0"), ":11: pool.1.replicas: Input should be greater than or equal to 1"),
+        (("replicas = 1", "replicas = 1\nmax_per_host = 1"), ":8: pool.1: max_per_host (1) must be at least replicas + 1"),
+        (('name = "reports"', 'name = "default"'), "pool names must be unique; repeated: default"),
+        (('"{queues}"', '"{queue}"'), "unknown placeholder {queue}"),
+        (('replicas = 1', 'replicas = 1\nruntime = "docker"'), "runtime 'docker' needs an image"),
+        (('name = "reports"', 'name = "has space"'), ":9: pool.1.name: must be 1-31 letters"),
+    ],
+)
+def test_pool_errors_point_at_the_right_table(tmp_path: Path, edit: tuple[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, POOL.replace(*edit)))
+    assert expected in str(info.value)
+
+
+def test_a_change_that_leaves_a_queue_without_consumer_is_detected(tmp_path: Path) -> None:
+    old = config.load(write(tmp_path, POOL))
+    new = config.load(write(tmp_path, POOL.split("[[pool]]\nname = \"reports\"")[0]))
+    assert config.uncovered_queues(old, new) == ["reports"]
+    assert config.uncovered_queues(old, old) == []
