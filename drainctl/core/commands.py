@@ -74,4 +74,40 @@ class EscalateWorker:
 
 
 DrainCommand = CancelConsumers | AddConsumers | QueryQueues | ShutdownWorker | StopWorker | EscalateWorker
-Command = Reconcile | EnableEvents | DrainCommand
+
+
+
+@dataclass(frozen=True, slots=True)
+class StartWorker:
+    """Start a worker of `pool` at `version` under the Celery node name `hostname`."""
+
+    pool: str
+    version: str
+    hostname: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRegistered:
+    """A targeted `registered`: the readiness gate compares a new version's tasks with the old one's."""
+
+    hostname: str
+
+
+@dataclass(frozen=True, slots=True)
+class JournalCancel:
+    """Record, before `cancel_consumer` is sent, that drainctl is draining this worker for a rollout:
+    after a restart, a worker without consumers is drainctl's to finish only if this says so."""
+
+    hostname: str
+    rollout_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRollout:
+    """Record a rollout's state (history: who, when, from -> to, outcome) and the pool's pin."""
+
+    rollout_id: str
+
+
+PoolCommand = StartWorker | QueryRegistered | JournalCancel | JournalRollout
+Command = Reconcile | EnableEvents | DrainCommand | PoolCommand

@@ -216,6 +216,24 @@ class DrainBook:
             return drain, []
         return drain, [CancelConsumers(hostname, queues)]
 
+    def resume(
+        self, cluster: Cluster, hostname: str, queues: tuple[str, ...], now: float, *, policy: DrainPolicy,
+        managed: bool, requested_by: str,
+    ) -> Drain:
+        """Take up a drain a previous controller started (its journal says it cancelled the consumers)."""
+        existing = self.active.get(hostname)
+        if existing is not None:
+            return existing
+        worker = cluster.worker(hostname)
+        drain = Drain(
+            hostname=hostname, queues=queues, managed=managed, policy=policy, started_at=now,
+            pid=worker.pid if worker is not None else None, requested_by=requested_by, phase=Phase.WAITING,
+            phase_since=now, held=_held(worker),
+        )
+        self.active[hostname] = drain
+        self.started_total += 1
+        return drain
+
     def cancel_replied(self, hostname: str, replies: dict[str, bool | None], now: float) -> list[Command]:
         """`replies` per queue: True = the worker said ok, False = it said error, None = no reply (unknown)."""
         drain = self.active.get(hostname)

@@ -1,0 +1,376 @@
+"""Pools and rollouts: keep every pool at its size and its target version, surge-first.
+
+Level-triggered: `Fleet.plan` looks at what is (the members drainctl started or adopted, the live
+model, the drains under way, the pins) and returns what to do next. It is called after every input,
+so a restarted controller recomputes what is left from what it observes plus its journal.
+
+One rule set covers a rollout, a supersede (the target changes mid-way: workers of the
+now-outdated version are simply "old"), an abort (the target is pinned back: the old version's
+drained workers resume consuming, the new ones are drained) and a restart.
+
+Invariants it keeps, per pool:
+- never more than `cap` workers alive (starting, serving and draining ones together);
+- an old worker is drained only when ready new + serving old workers exceed `replicas`, so every
+  queue keeps its consumers; and a new worker is ready only when it is online, consumes every queue
+  of the pool and registers every task the old version registered.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from drainctl.core.commands import (
+    Command,
+    JournalCancel,
+    JournalRollout,
+    QueryRegistered,
+    StartWorker,
+)
+from drainctl.core.drain import DrainBook, DrainPolicy, DrainRefused, Phase
+from drainctl.core.model import Cluster, Notice, WorkerState
+
+REGISTERED_RETRY_S = 2.0
+MAX_START_BACKOFF_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTarget:
+    """What the config asks of a pool (the core's view of it)."""
+
+    name: str
+    queues: tuple[str, ...]
+    replicas: int
+    cap: int
+    version: str
+    ready_timeout_s: float = 120.0
+    drain_policy: DrainPolicy = field(default_factory=DrainPolicy)
+    host: str = "localhost"
+
+
+@dataclass(slots=True)
+class Member:
+    """A worker of a pool that drainctl started or adopted."""
+
+    hostname: str
+    pool: str
+    version: str
+    started_at: float
+    ready_at: float | None = None
+    failed: str | None = None
+    registered: frozenset[str] | None = None
+    registered_asked_at: float | None = None
+    # Found running at start-up (not started by this controller process): never failed by the
+    # readiness timeout — an operator may have paused it (no consumers) on purpose.
+    adopted: bool = False
+
+
+@dataclass(slots=True)
+class Rollout:
+    id: str
+    pool: str
+    from_version: str
+    to_version: str
+    started_at: float
+    requested_by: str
+    total: int
+    outcome: str | None = None  # succeeded | failed | superseded
+    finished_at: float | None = None
+    detail: str = ""
+    replaced: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """Hold a pool at `version` while the config still asks for `config_version` (until it changes)."""
+
+    version: str
+    config_version: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    hostname: str
+    version: str
+    at: float
+    reason: str
+
+
+class Fleet:
+    def __init__(self, *, new_id: Callable[[], str], history: int = 100) -> None:
+        self.new_id = new_id
+        self.members: dict[str, Member] = {}
+        self.rollouts: dict[str, Rollout] = {}
+        self.history: deque[Rollout] = deque(maxlen=history)
+        self.pins: dict[str, Pin] = {}
+        # Hosts whose consumers drainctl cancelled for a rollout (the journal of intents).
+        self.cancelled: dict[str, str] = {}
+        self.failures: dict[str, list[Failure]] = {}
+        self.next_start_at: dict[str, float] = {}
+        self.consecutive_failures: dict[str, int] = {}
+        self.rollout_outcomes: Counter[str] = Counter()
+        self._seq = 0
+
+    # ------------------------------------------------------------------ queries
+    def target(self, pool: PoolTarget) -> str:
+        pin = self.pins.get(pool.name)
+        if pin is not None and pin.config_version == pool.version:
+            return pin.version
+        return pool.version
+
+    def of_pool(self, name: str) -> list[Member]:
+        return sorted((m for m in self.members.values() if m.pool == name), key=lambda m: m.started_at)
+
+    def rollout(self, rollout_id: str) -> Rollout | None:
+        for rollout in (*self.rollouts.values(), *self.history):
+            if rollout.id == rollout_id:
+                return rollout
+        return None
+
+    # ------------------------------------------------------------------ inputs
+    def adopt(self, hostname: str, pool: str, version: str, now: float) -> None:
+        self.members.setdefault(hostname, Member(hostname, pool, version, started_at=now, adopted=True))
+
+    def registered(self, hostname: str, tasks: Iterable[str] | None, now: float) -> None:
+        member = self.members.get(hostname)
+        if member is None:
+            return
+        if tasks is None:
+            member.registered_asked_at = now  # no reply: asked again after REGISTERED_RETRY_S
+        else:
+            member.registered = frozenset(tasks)
+
+    def exited(self, hostname: str, exit_code: int | None, now: float) -> list[Notice]:
+        member = self.members.pop(hostname, None)
+        self.cancelled.pop(hostname, None)
+        if member is None:
+            return []
+        if member.ready_at is None and member.failed is None:
+            code = exit_code if exit_code is not None else "unknown"
+            return self._fail(member, f"exited with code {code} before it was ready", now)
+        return []
+
+    def start_failed(self, hostname: str, error: str, now: float) -> list[Notice]:
+        member = self.members.pop(hostname, None)
+        if member is None:
+            return []
+        return self._fail(member, f"could not be started: {error}", now)
+
+    def rollback(self, pool: PoolTarget, version: str, now: float, requested_by: str) -> None:
+        """Roll back to `version` and hold it there until the config asks for something new."""
+        self.pins[pool.name] = Pin(version, pool.version, f"rollback requested by {requested_by}")
+
+    def _fail(self, member: Member, reason: str, now: float) -> list[Notice]:
+        member.failed = reason
+        self.failures.setdefault(member.pool, []).append(Failure(member.hostname, member.version, now, reason))
+        del self.failures[member.pool][:-20]
+        count = self.consecutive_failures.get(member.pool, 0) + 1
+        self.consecutive_failures[member.pool] = count
+        self.next_start_at[member.pool] = now + min(MAX_START_BACKOFF_S, 2.0 ** (count - 1))
+        return [Notice("worker-failed", member.hostname, f"{member.pool} {member.version}: {reason}")]
+
+    # ------------------------------------------------------------------ the planner
+    def plan(
+        self, pools: Mapping[str, PoolTarget], cluster: Cluster, drains: DrainBook, now: float, *,
+        requested_by: str = "config",
+    ) -> tuple[list[Command], list[Notice]]:
+        commands: list[Command] = []
+        notices: list[Notice] = []
+        for pool in pools.values():
+            c, n = self._plan_pool(pool, cluster, drains, now, requested_by)
+            commands.extend(c)
+            notices.extend(n)
+        return commands, notices
+
+    def _plan_pool(
+        self, pool: PoolTarget, cluster: Cluster, drains: DrainBook, now: float, requested_by: str
+    ) -> tuple[list[Command], list[Notice]]:
+        commands: list[Command] = []
+        notices: list[Notice] = []
+        pin = self.pins.get(pool.name)
+        if pin is not None and pin.config_version != pool.version:
+            del self.pins[pool.name]  # the config changed: the pin has done its job
+            notices.append(Notice("pin-released", pool.name, f"config now asks for {pool.version}"))
+        members = self.of_pool(pool.name)
+        target = self.target(pool)
+
+        # Readiness of every member still on its way.
+        for member in members:
+            if member.ready_at is None and member.failed is None:
+                commands.extend(self._readiness(member, pool, cluster, now, notices))
+
+        # Rollout bookkeeping: start, supersede, abort.
+        active = self.rollouts.get(pool.name)
+        if active is not None and active.to_version != target:
+            self._close(active, "superseded", now, f"superseded: the target is now {target}", notices, commands)
+            active = None
+        others = [m for m in members if m.version != target and m.failed is None]
+        if active is None and others:
+            active = self._open(pool, others, target, now, requested_by, commands, notices)
+        if active is not None:
+            failed = [f for f in self.failures.get(pool.name, []) if f.version == active.to_version
+                      and f.at >= active.started_at]
+            if failed:
+                reason = f"{failed[0].hostname}: {failed[0].reason}"
+                self.pins[pool.name] = Pin(active.from_version, pool.version, f"rollout {active.id} failed")
+                self._close(active, "failed", now, f"aborted, back to {active.from_version}: {reason}", notices,
+                            commands)
+                target = self.target(pool)
+                active = None
+                # Reverse surge from here on: the rules below now treat the new version as old.
+
+        new = [m for m in members if m.version == target and m.failed is None]
+        ready_new = [m for m in new if m.ready_at is not None]
+
+        # 1. Target-version workers drained by a rollout that no longer wants it: consume again.
+        for member in new:
+            drain = drains.active.get(member.hostname)
+            if (drain is not None and drain.requested_by.startswith("rollout")
+                    and drain.phase not in (Phase.RETIRING, Phase.STOPPING)):
+                commands.extend(drains.cancel(cluster, member.hostname, now, f"{target} is the target again"))
+                self.cancelled.pop(member.hostname, None)
+                if member.ready_at is None:
+                    member.ready_at = now
+                if member not in ready_new:
+                    ready_new.append(member)
+                notices.append(Notice("drain-reverted", member.hostname, f"consumes again: {target} is the target"))
+
+        # 2. Start workers of the target version, surge-first, within the cap.
+        alive = len(members)
+        missing = pool.replicas - len(new)
+        room = pool.cap - alive
+        if missing > 0 and room > 0 and now >= self.next_start_at.get(pool.name, 0.0):
+            for _ in range(min(missing, room)):
+                hostname = self._hostname(pool, target)
+                self.members[hostname] = Member(hostname, pool.name, target, started_at=now)
+                commands.append(StartWorker(pool.name, target, hostname))
+                notices.append(Notice("worker-starting", hostname, f"{pool.name} {target}"))
+
+        # 3. Drain old workers, one for each ready new worker beyond the pool's size.
+        draining = set(drains.active)
+        serving_old = [m for m in members if m.version != target and m.hostname not in draining
+                       and m.failed is None and m.ready_at is not None]
+        excess = len(ready_new) + len(serving_old) - pool.replicas
+        for member in serving_old[:max(0, excess)]:
+            commands.extend(self._drain(member, pool, cluster, drains, now, active, notices))
+        # 4. Failed workers still alive are drained, never just stopped: they may hold tasks.
+        for member in members:
+            if member.failed is not None and member.hostname not in draining:
+                commands.extend(self._drain(member, pool, cluster, drains, now, active, notices, force=True))
+        # 5. More ready target workers than the pool's size (replicas lowered): drain the newest.
+        if len(ready_new) > pool.replicas:
+            for member in sorted(ready_new, key=lambda m: m.started_at)[pool.replicas:]:
+                if member.hostname not in draining:
+                    commands.extend(self._drain(member, pool, cluster, drains, now, active, notices))
+
+        if active is not None:
+            active.replaced = len(ready_new)
+            still_old = [m for m in self.of_pool(pool.name) if m.version != target]
+            if not still_old and len(ready_new) >= pool.replicas:
+                self._close(active, "succeeded", now, f"{pool.name} runs {target}", notices, commands)
+        if ready_new and all(m.ready_at is not None for m in new):
+            self.consecutive_failures.pop(pool.name, None)
+        return commands, notices
+
+    def _readiness(
+        self, member: Member, pool: PoolTarget, cluster: Cluster, now: float, notices: list[Notice]
+    ) -> list[Command]:
+        worker = cluster.worker(member.hostname)
+        online = worker is not None and worker.state is WorkerState.ONLINE
+        consuming = (worker is not None and worker.queues is not None
+                     and set(pool.queues) <= set(worker.queues))
+        if member.hostname in self.cancelled and worker is not None and worker.state is WorkerState.ONLINE:
+            # Adopted mid-drain: it served before; its drain is resumed, not gated.
+            member.ready_at = now
+            return []
+        commands: list[Command] = []
+        if online and member.registered is None and (
+                member.registered_asked_at is None or now - member.registered_asked_at >= REGISTERED_RETRY_S):
+            member.registered_asked_at = now
+            commands.append(QueryRegistered(member.hostname))
+        baseline = self._baseline(pool.name, member.version)
+        if online and consuming and member.registered is not None:
+            missing = sorted(baseline - member.registered) if baseline is not None else []
+            if missing:
+                notices.extend(self._fail(member, (
+                    f"does not register {', '.join(missing)}, which the running version registers: "
+                    "Celery would discard their messages"), now))
+                return commands
+            member.ready_at = now
+            notices.append(Notice("worker-ready", member.hostname,
+                                  f"{member.pool} {member.version} online and consuming after "
+                                  f"{now - member.started_at:.1f}s"))
+            return commands
+        if now - member.started_at > pool.ready_timeout_s and not member.adopted:
+            notices.extend(self._fail(member, (
+                f"not ready after {pool.ready_timeout_s:g}s (online: {online}, consuming all of "
+                f"{', '.join(pool.queues)}: {consuming}, tasks registered: {member.registered is not None})"), now))
+        return commands
+
+    def _baseline(self, pool: str, version: str) -> frozenset[str] | None:
+        """What the other versions of the pool register (the union: a new version must cover it)."""
+        known = [m.registered for m in self.members.values()
+                 if m.pool == pool and m.version != version and m.registered is not None and m.failed is None]
+        if not known:
+            return None
+        return frozenset().union(*known)
+
+    def _drain(
+        self, member: Member, pool: PoolTarget, cluster: Cluster, drains: DrainBook, now: float,
+        rollout: Rollout | None, notices: list[Notice], *, force: bool = False,
+    ) -> list[Command]:
+        rollout_id = rollout.id if rollout is not None else f"{pool.name}-reconcile"
+        requested_by = f"rollout:{rollout_id}"
+        worker = cluster.worker(member.hostname)
+        if member.hostname in self.cancelled and worker is not None and worker.queues is not None and not (
+                set(pool.queues) & set(worker.queues)):
+            drains.resume(cluster, member.hostname, pool.queues, now, policy=pool.drain_policy, managed=True,
+                          requested_by=requested_by)
+            return []
+        if worker is None or worker.queues is None:
+            return []  # not seen yet: drained when the model knows it
+        try:
+            # Journal the intent first: after a crash it tells our drained workers from paused ones.
+            _, commands = drains.start(cluster, member.hostname, now, policy=pool.drain_policy, managed=True,
+                                       force=force, requested_by=requested_by)
+        except DrainRefused as refused:
+            notices.append(Notice("rollout-waiting", member.hostname, refused.reason))
+            return []
+        self.cancelled[member.hostname] = rollout_id
+        return [JournalCancel(member.hostname, rollout_id), *commands]
+
+    def _open(
+        self, pool: PoolTarget, others: list[Member], target: str, now: float, requested_by: str,
+        commands: list[Command], notices: list[Notice],
+    ) -> Rollout:
+        self._seq += 1
+        from_version = Counter(m.version for m in others).most_common(1)[0][0]
+        rollout = Rollout(
+            id=f"{pool.name}-{self.new_id()}", pool=pool.name, from_version=from_version, to_version=target,
+            started_at=now, requested_by=requested_by, total=pool.replicas,
+        )
+        self.rollouts[pool.name] = rollout
+        commands.append(JournalRollout(rollout.id))
+        notices.append(Notice("rollout-started", pool.name, f"{rollout.id}: {from_version} -> {target}"))
+        # The registered-tasks gate needs what the old version registers.
+        for member in others:
+            if member.registered is None and member.registered_asked_at is None:
+                member.registered_asked_at = now
+                commands.append(QueryRegistered(member.hostname))
+        return rollout
+
+    def _close(self, rollout: Rollout, outcome: str, now: float, detail: str, notices: list[Notice],
+               commands: list[Command]) -> None:
+        rollout.outcome = outcome
+        rollout.finished_at = now
+        rollout.detail = detail
+        self.rollouts.pop(rollout.pool, None)
+        self.history.append(rollout)
+        self.rollout_outcomes[outcome] += 1
+        commands.append(JournalRollout(rollout.id))
+        notices.append(Notice(f"rollout-{outcome}", rollout.pool, f"{rollout.id}: {detail}"))
+
+    def _hostname(self, pool: PoolTarget, version: str) -> str:
+        return f"{pool.name}-{version}-{self.new_id()}@{pool.host}"
