@@ -80,10 +80,10 @@ def main() -> None:
         if messages % 100_000 == 0:
             max_in_flight = max(max_in_flight, cluster.in_flight())
     wall_s = perf() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     current = rss_mb("VmRSS")
     gc.collect()
     current_after_gc = rss_mb("VmRSS")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # last: it includes the reads above
     st = stream.stats
     result = {
         "tasks": st.tasks,

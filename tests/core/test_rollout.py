@@ -198,7 +198,7 @@ def test_abort_puts_drained_old_workers_back_to_work() -> None:
     world.never_consuming.add("v2")
     world.step()
     world.never_consuming.clear()
-    first = [m.hostname for m in world.fleet.of_pool("p") if m.version == "v2"][0]
+    first = next(m.hostname for m in world.fleet.of_pool("p") if m.version == "v2")
     world.cluster.set_queues(first, ("q",))
     for _ in range(3):
         world.step()
