@@ -10,8 +10,10 @@ from __future__ import annotations
 import random
 import signal
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import anyio
@@ -20,29 +22,39 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from drainctl import broker
-from drainctl.config import Settings
+from drainctl import config as config_module
+from drainctl.config import PoolSettings, Settings
 from drainctl.core.commands import (
     AddConsumers,
     CancelConsumers,
     Command,
     EnableEvents,
     EscalateWorker,
+    JournalCancel,
+    JournalRollout,
     QueryQueues,
+    QueryRegistered,
     Reconcile,
     ShutdownWorker,
+    StartWorker,
     StopWorker,
 )
 from drainctl.core.drain import CONFIRM_REASON, Drain, DrainBook, DrainPolicy, DrainRefused
-from drainctl.core.events import Decoded
+from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Decoded
 from drainctl.core.model import Cluster, Notice
+from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.core.snapshot import WorkerSnapshot, build_snapshot, parse_queues
 from drainctl.errors import BrokerUnavailableError, DrainctlError
+from drainctl.journal import Journal
+from drainctl.pools import spec_for, target_of
 from drainctl.redact import redact_text, redact_url
 from drainctl.runtime.base import Exited, WorkerHandle, WorkerRuntime, WorkerSpec
 
 log = structlog.get_logger("drainctl")
 
 INBOX_SIZE: Final = 256
+# A worker first seen through one of these events is asked what it holds, unless a broadcast is asking.
+DISCOVERY_REASONS: Final = TASK_EVENT_TYPES | WORKER_EVENT_TYPES
 TICK_S: Final = 1.0
 
 
@@ -133,9 +145,45 @@ class DrainRequested:
     pending: _Pending
 
 
+@dataclass(frozen=True, slots=True)
+class RegisteredIn:
+    hostname: str
+    tasks: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailedIn:
+    hostname: str
+    error: str
+
+
+class _Answer:
+    """A request from outside (signal, HTTP) waiting for the reducer's verdict."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: str | None = None
+        self.detail: dict[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadRequested:
+    requested_by: str
+    answer: _Answer
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRequested:
+    pool: str
+    version: str | None
+    requested_by: str
+    answer: _Answer
+
+
 Input = (
     EventsIn | DroppedIn | BrokerUp | BrokerDown | SnapshotsIn | EventsEnabledIn | CommandFailed | Tick
     | CancelRepliedIn | QueuesRepliedIn | WorkerExitedIn | WorkerStartedIn | DrainRequested
+    | RegisteredIn | StartFailedIn | ReloadRequested | RollbackRequested
 )
 
 
@@ -179,10 +227,22 @@ class Controller:
         broker_url: str,
         *,
         runtime: WorkerRuntime | None = None,
+        runtimes: dict[str, WorkerRuntime] | None = None,
+        config_path: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.config_path = config_path
         self.runtime = runtime
+        self.runtimes: dict[str, WorkerRuntime] = dict(runtimes or {})
+        if runtime is not None:
+            self.runtimes.setdefault(runtime.name, runtime)
+        self.fleet = Fleet(new_id=lambda: uuid.uuid4().hex[:6])
+        self.pool_targets: dict[str, PoolTarget] = {}
+        self.pool_specs: dict[tuple[str, str], PoolSettings] = {}
+        self.journal: Journal | None = None
+        self.reloads: dict[str, int] = {"applied": 0, "rejected": 0}
+        self._requested_by = "config"
         self.drains = DrainBook()
         # Workers this controller started (or adopted): it can stop them and sees them exit.
         self.managed: dict[str, WorkerHandle] = {}
@@ -220,16 +280,59 @@ class Controller:
             broker=redact_url(self.broker_url),
             event_queue=self.event_queue.name,
         )
+        self._open_journal()
+        self._apply_pools(self.settings)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._reduce)
             tg.start_soon(self._tick)
-            if self.runtime is not None:
-                await tg.start(self.runtime.watch, self._on_exit)
-                for handle in await self.runtime.adopt():
+            for runtime in self.runtimes.values():
+                await tg.start(runtime.watch, self._on_exit)
+                for handle in await runtime.adopt():
                     await self._send.send(WorkerStartedIn(handle))
             tg.start_soon(self._broker_loop)
             task_status.started()
+
+    def _open_journal(self) -> None:
+        if self.journal is not None:
+            return
+        self.journal = Journal(self.settings.controller.state_dir / "journal.sqlite")
+        self.fleet.cancelled.update(self.journal.cancelled())
+        self.fleet.pins.update(self.journal.pins())
+        for (pool, version), spec in self.journal.specs().items():
+            try:
+                self.pool_specs[(pool, version)] = PoolSettings.model_validate(spec)
+            except ValueError:
+                log.warning("journal holds a pool spec this version cannot read; ignored", pool=pool,
+                            version=version)
+
+    def _apply_pools(self, settings: Settings) -> None:
+        self.pool_targets = {p.name: target_of(p) for p in settings.pool}
+        for pool in settings.pool:
+            key = (pool.name, pool.target_version)
+            self.pool_specs[key] = pool
+            if self.journal is not None:
+                self.journal.save_spec(pool.name, pool.target_version, pool.model_dump(mode="json"))
+        missing = {p.runtime for p in settings.pool} - set(self.runtimes)
+        if missing:
+            raise DrainctlError(f"pools need the {', '.join(sorted(missing))} runtime, which is not set up")
+
+    async def reload(self, requested_by: str) -> dict[str, Any]:
+        """Re-read the config file (SIGHUP, POST /rollout). An invalid file changes nothing."""
+        answer = _Answer()
+        await self._send.send(ReloadRequested(requested_by, answer))
+        await answer.done.wait()
+        if answer.error is not None:
+            raise DrainctlError(answer.error)
+        return answer.detail
+
+    async def rollback(self, pool: str, version: str | None, requested_by: str) -> dict[str, Any]:
+        answer = _Answer()
+        await self._send.send(RollbackRequested(pool, version, requested_by, answer))
+        await answer.done.wait()
+        if answer.error is not None:
+            raise DrainctlError(answer.error)
+        return answer.detail
 
     async def _on_exit(self, exited: Exited) -> None:
         await self._send.send(WorkerExitedIn(exited))
@@ -368,8 +471,15 @@ class Controller:
                     pass
                 elif isinstance(item, CommandFailed):
                     log.warning("command failed", command=repr(item.command), error=item.error)
+                elif isinstance(item, ReloadRequested | RollbackRequested | RegisteredIn | StartFailedIn):
+                    self._pool_input(item, now, notices)
                 else:
                     self._drain_input(item, now, commands, notices)
+                if self.synced.is_set() and self.pool_targets:
+                    c, n = self.fleet.plan(self.pool_targets, self.cluster, self.drains, now,
+                                           requested_by=self._requested_by)
+                    commands.extend(c)
+                    notices.extend(n)
                 c, n = self.drains.evaluate(self.cluster, now)
                 commands.extend(c)
                 notices.extend(n)
@@ -379,6 +489,80 @@ class Controller:
                     self._execute(command)
                 changed, self._changed = self._changed, anyio.Event()
                 changed.set()
+
+    def _pool_input(self, item: Input, now: float, notices: list[Notice]) -> None:
+        if isinstance(item, RegisteredIn):
+            self.fleet.registered(item.hostname, item.tasks, now)
+        elif isinstance(item, StartFailedIn):
+            notices.extend(self.fleet.start_failed(item.hostname, item.error, now))
+        elif isinstance(item, ReloadRequested):
+            self._reload(item, now)
+        elif isinstance(item, RollbackRequested):
+            self._rollback(item)
+
+    def _reload(self, item: ReloadRequested, now: float) -> None:
+        answer = item.answer
+        try:
+            if self.config_path is None:
+                raise DrainctlError("drainctl runs without --config: there is no file to reload")
+            new = config_module.load(self.config_path)
+            uncovered = config_module.uncovered_queues(self.settings, new)
+            if uncovered:
+                raise DrainctlError(f"{self.config_path}: refused: no pool would consume {', '.join(uncovered)} "
+                                    "any more; keep a pool on each queue (or stop its workers by hand first)")
+            self._apply_pools(new)
+        except DrainctlError as exc:
+            self.reloads["rejected"] += 1
+            log.error("configuration reload rejected; the running configuration stays", error=str(exc),
+                      requested_by=item.requested_by)
+            answer.error = str(exc)
+        else:
+            changed = [p.name for p in new.pool if p.target_version != self._version_before(p.name)]
+            self.settings = self.settings.model_copy(update={"pool": new.pool})
+            self.reloads["applied"] += 1
+            self._requested_by = item.requested_by
+            log.info("configuration reloaded", requested_by=item.requested_by, pools_changed=changed)
+            answer.detail = {"pools": {name: t.version for name, t in self.pool_targets.items()},
+                             "changed": changed}
+        answer.done.set()
+
+    def _version_before(self, pool: str) -> str | None:
+        for p in self.settings.pool:
+            if p.name == pool:
+                return p.target_version
+        return None
+
+    def _rollback(self, item: RollbackRequested) -> None:
+        answer = item.answer
+        target = self.pool_targets.get(item.pool)
+        if target is None:
+            answer.error = f"no pool named {item.pool!r} (pools: {', '.join(sorted(self.pool_targets)) or 'none'})"
+            answer.done.set()
+            return
+        current = self.fleet.target(target)
+        version = item.version
+        if version is None:
+            previous = [r.from_version for r in reversed(self.fleet.history)
+                        if r.pool == item.pool and r.to_version == current and r.outcome == "succeeded"]
+            if not previous and self.journal is not None:
+                previous = [r["from_version"] for r in self.journal.history()
+                            if r["pool"] == item.pool and r["to_version"] == current and r["outcome"] == "succeeded"]
+            if not previous:
+                answer.error = f"pool {item.pool!r}: no earlier version to roll back to (it runs {current})"
+                answer.done.set()
+                return
+            version = previous[0]
+        if (item.pool, version) not in self.pool_specs:
+            answer.error = f"pool {item.pool!r}: version {version!r} is unknown (never run by this controller)"
+            answer.done.set()
+            return
+        self.fleet.rollback(target, version, self.clock(), item.requested_by)
+        self._requested_by = item.requested_by
+        if self.journal is not None:
+            self.journal.save_pins(self.fleet.pins)
+        log.info("rollback requested", pool=item.pool, to_version=version, requested_by=item.requested_by)
+        answer.detail = {"pool": item.pool, "version": version, "pinned": True}
+        answer.done.set()
 
     def _drain_input(self, item: Input, now: float, commands: list[Command], notices: list[Notice]) -> None:
         drains = self.drains
@@ -403,13 +587,19 @@ class Controller:
         elif isinstance(item, QueuesRepliedIn):
             commands.extend(drains.queues_replied(self.cluster, item.hostname, item.queues, now))
         elif isinstance(item, WorkerStartedIn):
-            self.managed[item.handle.hostname] = item.handle
+            handle = item.handle
+            self.managed[handle.hostname] = handle
+            if handle.pool in self.pool_targets or (handle.pool, handle.version) in self.pool_specs:
+                self.fleet.adopt(handle.hostname, handle.pool, handle.version, now)
         elif isinstance(item, WorkerExitedIn):
             handle = item.exited.handle
             if self.managed.get(handle.hostname) == handle:
                 del self.managed[handle.hostname]
             notices.extend(drains.exited(self.cluster, handle.hostname, item.exited.exit_code,
                                          item.exited.forced, now))
+            notices.extend(self.fleet.exited(handle.hostname, item.exited.exit_code, now))
+            if self.journal is not None:
+                self.journal.forget(handle.hostname)
             log.info("worker process exited", worker=handle.hostname, exit_code=item.exited.exit_code,
                      runtime=handle.runtime)
 
@@ -466,17 +656,31 @@ class Controller:
 
     # ------------------------------------------------------------------ commands
     def _execute(self, command: Command) -> None:
-        assert self._tg is not None
+        if self._tg is None:
+            return  # not running (a reducer driven on its own, e.g. by a benchmark)
         tg = self._tg
         control = self.control
         if isinstance(command, Reconcile):
             key = (command.hostname, command.reason)
             if key in self._reconciling:
                 return  # one at a time per target and purpose; the running one answers the same question
+            if command.hostname is not None and (None, "startup") in self._reconciling and command.reason in DISCOVERY_REASONS:
+                return  # the start-up broadcast under way asks every worker already
             if control is None:
                 return  # disconnected: the reconnect reconciles every known worker anyway
             self._reconciling.add(key)
             tg.start_soon(self._reconcile, command, control)
+        elif isinstance(command, JournalCancel):
+            # Synchronously, before the cancel_consumer that follows it in this same batch.
+            if self.journal is not None:
+                self.journal.record_cancel(command.hostname, command.rollout_id)
+        elif isinstance(command, JournalRollout):
+            rollout = self.fleet.rollout(command.rollout_id)
+            if self.journal is not None and rollout is not None:
+                self.journal.record_rollout(rollout, time.time() - self.clock())
+                self.journal.save_pins(self.fleet.pins)
+        elif isinstance(command, StartWorker):
+            tg.start_soon(self._start_pool_worker, command)
         elif isinstance(command, StopWorker | EscalateWorker):
             handle = self.managed.get(command.hostname)
             if handle is not None and self.runtime is not None:
@@ -492,6 +696,38 @@ class Controller:
             tg.start_soon(self._query_queues, command, control)
         elif isinstance(command, ShutdownWorker):
             tg.start_soon(self._shutdown, command, control)
+        elif isinstance(command, QueryRegistered):
+            tg.start_soon(self._query_registered, command, control)
+
+    async def _start_pool_worker(self, command: StartWorker) -> None:
+        pool = self.pool_specs.get((command.pool, command.version))
+        if pool is None:
+            await self._send.send(StartFailedIn(command.hostname, f"no spec known for version {command.version}"))
+            return
+        runtime = self.runtimes.get(pool.runtime)
+        if runtime is None:
+            await self._send.send(StartFailedIn(command.hostname, f"the {pool.runtime} runtime is not set up"))
+            return
+        try:
+            handle = await runtime.start(spec_for(pool, command.version, command.hostname))
+        except DrainctlError as exc:
+            await self._send.send(StartFailedIn(command.hostname, str(exc)))
+            return
+        await self._send.send(WorkerStartedIn(handle))
+
+    async def _query_registered(self, command: QueryRegistered, control: broker.ControlClient) -> None:
+        try:
+            result = await control.call("registered", {}, [command.hostname],
+                                        timeout_s=self.settings.broker.reply_timeout_s)
+        except DrainctlError as exc:
+            await self._send.send(CommandFailed(command, str(exc)))
+            return
+        reply = result.replies.get(command.hostname)
+        tasks = None
+        if isinstance(reply, list):
+            # Entries may carry attributes: "proj.add [rate_limit=10/s]".
+            tasks = tuple(sorted({str(t).split(" ", 1)[0] for t in reply if isinstance(t, str)}))
+        await self._send.send(RegisteredIn(command.hostname, tasks))
 
     async def _consumers(self, command: CancelConsumers | AddConsumers, control: broker.ControlClient) -> None:
         method = "cancel_consumer" if isinstance(command, CancelConsumers) else "add_consumer"

@@ -22,6 +22,7 @@ import aio_pika
 import aiormq
 import aiormq.abc
 import anyio
+import anyio.lowlevel
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
@@ -32,7 +33,8 @@ from drainctl.redact import redact_text, redact_url
 EVENT_EXCHANGE: Final = "celeryev"
 PIDBOX_EXCHANGE: Final = "celery.pidbox"
 REPLY_EXCHANGE: Final = "reply.celery.pidbox"
-DROPPED_EXCHANGE: Final = "drainctl.dropped"
+# Direct: each controller's dead-letter queue is bound with its own queue name as the key.
+DROPPED_EXCHANGE: Final = "drainctl.deadletter"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,7 @@ async def declare_event_topology(channel: AbstractChannel, spec: EventQueueSpec)
     """Durable named queue bound to `celeryev` with `#`; overflow drops the oldest into a counted dead-letter queue."""
     try:
         events = await channel.declare_exchange(EVENT_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-        dropped = await channel.declare_exchange(DROPPED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+        dropped = await channel.declare_exchange(DROPPED_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
         dead = await channel.declare_queue(
             spec.dropped_queue,
             durable=True,
@@ -120,7 +122,8 @@ async def consume_events(
 
     The batch is whatever arrived while the previous one was handled, so under load batches grow and
     acks become rare, while an idle stream is handled message by message without delay. `prefetch`
-    bounds what the broker hands over, and so the memory held here.
+    bounds what the broker hands over. A batch is acked once the reducer's inbox holds it: a crash
+    loses the model anyway, and a restarted controller rebuilds it with a reconcile.
     """
     raw = await channel.get_underlay_channel()
     await raw.basic_qos(prefetch_count=spec.prefetch)
@@ -138,6 +141,9 @@ async def consume_events(
         if not pending:
             await wake.wait()
             wake = anyio.Event()
+            # aiormq hands each delivery over in a task of its own: let those already read run
+            # first, so that a busy stream is handled (and acked) in large batches.
+            await anyio.lowlevel.checkpoint()
             continue
         batch = pending[:]
         pending.clear()

@@ -28,7 +28,8 @@ from drainctl.core.snapshot import TaskState, WorkerSnapshot
 
 __all__ = ["Cluster", "Notice", "Task", "TaskState", "Worker", "WorkerState"]
 
-DEFAULT_MAX_TOMBSTONES: Final = 50_000
+# Late events arrive within seconds; 20k finished tasks covers a fleet doing 1000 tasks/s.
+DEFAULT_MAX_TOMBSTONES: Final = 20_000
 
 
 class WorkerState(StrEnum):

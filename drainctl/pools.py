@@ -1,0 +1,54 @@
+"""From a pool's config to what the core plans with and what a runtime starts."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from drainctl.config import PoolSettings
+from drainctl.core.drain import DrainPolicy
+from drainctl.core.rollout import PoolTarget
+from drainctl.runtime.base import WorkerSpec
+
+
+def target_of(pool: PoolSettings, host: str | None = None) -> PoolTarget:
+    return PoolTarget(
+        name=pool.name,
+        queues=tuple(pool.queues),
+        replicas=pool.replicas,
+        cap=pool.cap,
+        version=pool.target_version,
+        ready_timeout_s=pool.ready_timeout_s,
+        drain_policy=DrainPolicy(deadline_s=pool.drain_deadline_s, on_deadline=pool.on_drain_deadline,
+                                 stop_timeout_s=pool.stop_timeout_s),
+        host=host or socket.gethostname(),
+    )
+
+
+def command_for(pool: PoolSettings, version: str, hostname: str) -> tuple[str, ...]:
+    """Fill the command template; without {hostname} in it, append `-n NAME -Q QUEUES -c N`."""
+    values: Mapping[str, Any] = {
+        "hostname": hostname, "queues": ",".join(pool.queues), "concurrency": pool.concurrency,
+        "pool": pool.name, "version": version,
+    }
+    argv = [arg.format_map(values) for arg in pool.command]
+    if not any("{hostname}" in arg for arg in pool.command):
+        argv += ["-n", hostname, "-Q", ",".join(pool.queues), "-c", str(pool.concurrency)]
+    return tuple(argv)
+
+
+def spec_for(pool: PoolSettings, version: str, hostname: str) -> WorkerSpec:
+    return WorkerSpec(
+        hostname=hostname,
+        pool=pool.name,
+        version=version,
+        queues=tuple(pool.queues),
+        command=command_for(pool, version, hostname),
+        env=dict(pool.env),
+        image=pool.image,
+        stop_timeout_s=pool.stop_timeout_s,
+        network_mode=pool.network_mode,
+        binds=tuple(pool.binds),
+        cwd=pool.cwd,
+    )
