@@ -663,7 +663,7 @@ class Controller:
         if isinstance(command, Reconcile):
             key = (command.hostname, command.reason)
             if key in self._reconciling:
-                return  # one at a time per target and purpose; the running one answers the same question
+                return  # one at a time per target and purpose: the running one answers the same
             if command.hostname is not None and (None, "startup") in self._reconciling and command.reason in DISCOVERY_REASONS:
                 return  # the start-up broadcast under way asks every worker already
             if control is None:
@@ -853,6 +853,45 @@ def drain_document(controller: Controller, drain: Drain) -> dict[str, Any]:
     }
 
 
+def pools_document(controller: Controller) -> list[dict[str, Any]]:
+    fleet = controller.fleet
+    history = controller.journal.history(20) if controller.journal is not None else []
+    pools = []
+    for name, target in sorted(controller.pool_targets.items()):
+        members = fleet.of_pool(name)
+        version = fleet.target(target)
+        pin = fleet.pins.get(name)
+        workers = []
+        for member in members:
+            drain = controller.drains.active.get(member.hostname)
+            status = ("failed: " + member.failed if member.failed else "ready" if member.ready_at is not None
+                      else "starting")
+            workers.append({
+                "hostname": member.hostname, "version": member.version, "status": status,
+                "drain": drain_document(controller, drain) if drain is not None else None,
+            })
+        active = fleet.rollouts.get(name)
+        pools.append({
+            "name": name,
+            "version_target": version,
+            "version_config": target.version,
+            "pinned": pin.reason if pin is not None and pin.config_version == target.version else None,
+            "replicas": target.replicas,
+            "cap": target.cap,
+            "alive": len(members),
+            "ready": sum(1 for m in members if m.version == version and m.ready_at is not None and not m.failed),
+            "queues": list(target.queues),
+            "workers": workers,
+            "rollout": None if active is None else {
+                "id": active.id, "from_version": active.from_version, "to_version": active.to_version,
+                "replaced": active.replaced, "total": active.total, "requested_by": active.requested_by,
+                "age_s": round(controller.clock() - active.started_at, 3),
+            },
+            "history": [h for h in history if h["pool"] == name],
+        })
+    return pools
+
+
 def build_status(controller: Controller) -> dict[str, Any]:
     """The `/status` document. Integers for counts; no secrets (the broker URL is redacted)."""
     now = controller.clock()
@@ -886,6 +925,7 @@ def build_status(controller: Controller) -> dict[str, Any]:
         })
     stats = controller.stats
     return {
+        "pools": pools_document(controller),
         "drains": [drain_document(controller, d) for d in controller.drains]
         + [drain_document(controller, d) for d in reversed(controller.drains.finished)],
         "controller": {

@@ -7,6 +7,7 @@ Exit codes: 0 ok; 1 the operation failed (a drain ended `lost` or `cancelled`, t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -62,7 +63,7 @@ def run(config_path: Path | None, broker_url: str | None, http_listen: str | Non
         click.echo(f"drainctl: {exc}", err=True)
         sys.exit(2)
     try:
-        anyio.run(_serve, settings, url)
+        anyio.run(_serve, settings, url, config_path)
     except KeyboardInterrupt:
         pass
     except DrainctlError as exc:
@@ -70,7 +71,13 @@ def run(config_path: Path | None, broker_url: str | None, http_listen: str | Non
         sys.exit(1)
 
 
-async def _serve(settings: config.Settings, url: str) -> None:
+async def _reload(controller: Any, log: Any) -> None:
+    with contextlib.suppress(DrainctlError):  # the reducer logged and counted the rejection
+        detail = await controller.reload("sighup")
+        log.info("SIGHUP applied", **detail)
+
+
+async def _serve(settings: config.Settings, url: str, config_path: Path | None) -> None:
     from drainctl import http
     from drainctl.app import Controller
 
@@ -78,7 +85,12 @@ async def _serve(settings: config.Settings, url: str) -> None:
     from drainctl.runtime.process import ProcessRuntime
 
     runtime = ProcessRuntime(settings.controller.state_dir, settings.controller.id)
-    controller = Controller(settings, url, runtime=runtime)
+    runtimes: dict[str, Any] = {}
+    if any(p.runtime == "docker" for p in settings.pool):
+        from drainctl.runtime.docker import DockerRuntime
+
+        runtimes["docker"] = DockerRuntime(settings.controller.id)
+    controller = Controller(settings, url, runtime=runtime, runtimes=runtimes, config_path=config_path)
     host, port = config.parse_listen(settings.http.listen)
     token = settings.api_token()
     if token is None:
@@ -94,7 +106,8 @@ async def _serve(settings: config.Settings, url: str) -> None:
                 await tg.start(controller.run)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        log.info("SIGHUP received: configuration reload is not implemented yet; nothing changed")
+                        # An input like any other: the reducer reloads; an invalid file changes nothing.
+                        tg.start_soon(_reload, controller, log)
                         continue
                     # Workers keep running: the controller is not in their data path.
                     log.info("stopping controller", signal=signal.Signals(signum).name)
@@ -243,3 +256,110 @@ def drain(hostname: str, wait: bool, deadline_s: float | None, on_deadline: str,
     if document["phase"] != "done":
         sys.exit(0 if not wait else 4)
     sys.exit(0 if document["outcome"] in SUCCESS_OUTCOMES else 1)
+
+
+def _token() -> str | None:
+    import os
+
+    return os.environ.get("DRAINCTL_API_TOKEN")
+
+
+def _fail(exc: ApiError) -> None:
+    click.echo(f"drainctl: {exc}", err=True)
+    status = exc.status if isinstance(exc, HttpError) else 0
+    sys.exit(3 if status == 409 else 2 if status in (400, 401, 403, 404) else 1)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--url", default=DEFAULT_URL, show_default=True, help="The controller's API.")
+@click.pass_context
+def rollout(ctx: click.Context, url: str) -> None:
+    """Re-read the controller's config file and roll out every pool whose version changed.
+
+    The same as `kill -HUP` on the controller. `drainctl rollout status` shows progress.
+    """
+    ctx.obj = url
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        result = _request(f"{url.rstrip('/')}/rollout", body={}, token=_token())
+    except ApiError as exc:
+        _fail(exc)
+        return
+    changed = result.get("changed") or []
+    click.echo("config reloaded; " + (f"rolling out: {', '.join(changed)}" if changed else "no pool changed"))
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = 0 if total <= 0 else min(width, round(width * done / total))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def _render_pools(document: dict[str, Any]) -> list[str]:
+    lines = []
+    for pool in document.get("pools", []):
+        rollout_doc = pool.get("rollout")
+        head = f"pool {pool['name']}: {pool['version_target']}"
+        if pool.get("pinned"):
+            head += f" (pinned: {pool['pinned']})"
+        head += f"  workers {pool['ready']}/{pool['replicas']} ready, {pool['alive']} alive (cap {pool['cap']})"
+        lines.append(head)
+        if rollout_doc:
+            lines.append(f"  rollout {rollout_doc['id']} {rollout_doc['from_version']} -> {rollout_doc['to_version']} "
+                         f"{_bar(rollout_doc['replaced'], rollout_doc['total'])} "
+                         f"{rollout_doc['replaced']}/{rollout_doc['total']} replaced")
+        for member in pool.get("workers", []):
+            drain_doc = member.get("drain")
+            line = f"    {member['hostname']}  {member['version']}  {member['status']}"
+            if drain_doc:
+                waiting = drain_doc.get("waiting_for") or []
+                line += f"  draining ({drain_doc['phase']}), waiting for {len(waiting)} task(s)"
+                if waiting:
+                    line += ": " + ", ".join(f"{t['id']} ({t['age_s']:.0f}s)" for t in waiting[:3])
+            lines.append(line)
+        for past in pool.get("history", [])[:3]:
+            lines.append(f"  {past['id']}: {past['from_version']} -> {past['to_version']} {past['outcome']} "
+                         f"({past['requested_by']}) {past['detail']}")
+    return lines or ["(no pools configured)"]
+
+
+@rollout.command("status")
+@click.option("--watch", is_flag=True, help="Refresh until interrupted.")
+@click.option("--json", "as_json", is_flag=True, help="Print the pools part of /status as JSON.")
+@click.pass_obj
+def rollout_status(url: str, watch: bool, as_json: bool) -> None:
+    """Per pool: workers replaced / to go, and what each draining worker still waits for."""
+    import time
+
+    while True:
+        try:
+            document = _get_json(url.rstrip("/") + "/status")
+        except ApiError as exc:
+            _fail(exc)
+            return
+        if as_json:
+            click.echo(json.dumps({"pools": document.get("pools", [])}, indent=2))
+        else:
+            if watch:
+                click.clear()
+            click.echo("\n".join(_render_pools(document)))
+        if not watch:
+            return
+        time.sleep(2)
+
+
+@main.command()
+@click.option("--pool", required=True, help="The pool to roll back.")
+@click.option("--version", "version", default=None, help="Version to return to (default: the previous one).")
+@click.option("--url", default=DEFAULT_URL, show_default=True, help="The controller's API.")
+def rollback(pool: str, version: str | None, url: str) -> None:
+    """Roll POOL back to its previous version and pin it there until the config changes."""
+    import os
+
+    body = {"pool": pool, "version": version, "requested_by": f"cli:{os.environ.get('USER', 'unknown')}"[:100]}
+    try:
+        result = _request(f"{url.rstrip('/')}/rollback", body=body, token=_token())
+    except ApiError as exc:
+        _fail(exc)
+        return
+    click.echo(f"pool {result['pool']} rolling back to {result['version']} (pinned until the config changes)")

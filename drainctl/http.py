@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drainctl.app import Controller, build_status, drain_document
 from drainctl.core.drain import DrainPolicy, DrainRefused
+from drainctl.errors import DrainctlError
 from drainctl.metrics import registry_for
 
 MAX_BODY_BYTES = 16 * 1024
@@ -30,6 +31,14 @@ class DrainBody(BaseModel):
     force: bool = False
     deadline_s: Annotated[float, Field(gt=0)] | None = None
     on_deadline: Literal["wait", "escalate"] = "wait"
+    requested_by: Annotated[str, Field(max_length=100)] = "api"
+
+
+class RollbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pool: Annotated[str, Field(min_length=1, max_length=64)]
+    version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     requested_by: Annotated[str, Field(max_length=100)] = "api"
 
 
@@ -85,6 +94,31 @@ def build_app(controller: Controller, token: str | None) -> web.Application:
             return _error(409, refused.reason, overridable=refused.overridable)
         return _json({"drain": drain_document(controller, drain)}, 202)
 
+    async def post_rollout(request: web.Request) -> web.Response:
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        try:
+            detail = await controller.reload("api")
+        except DrainctlError as exc:
+            return _error(409, str(exc))
+        return _json(detail, 202)
+
+    async def post_rollback(request: web.Request) -> web.Response:
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        try:
+            body = RollbackBody.model_validate_json(await request.read())
+        except ValidationError as exc:
+            problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
+            return _error(400, "invalid request body", problems=problems)
+        try:
+            detail = await controller.rollback(body.pool, body.version, body.requested_by)
+        except DrainctlError as exc:
+            return _error(409, str(exc))
+        return _json(detail, 202)
+
     async def get_drain(request: web.Request) -> web.Response:
         hostname = request.match_info["hostname"]
         try:
@@ -105,6 +139,8 @@ def build_app(controller: Controller, token: str | None) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_post("/drain", post_drain)
     app.router.add_get("/drains/{hostname}", get_drain)
+    app.router.add_post("/rollout", post_rollout)
+    app.router.add_post("/rollback", post_rollback)
     return app
 
 
