@@ -664,7 +664,8 @@ class Controller:
             key = (command.hostname, command.reason)
             if key in self._reconciling:
                 return  # one at a time per target and purpose: the running one answers the same
-            if command.hostname is not None and (None, "startup") in self._reconciling and command.reason in DISCOVERY_REASONS:
+            broadcasting = (None, "startup") in self._reconciling
+            if command.hostname is not None and broadcasting and command.reason in DISCOVERY_REASONS:
                 return  # the start-up broadcast under way asks every worker already
             if control is None:
                 return  # disconnected: the reconnect reconciles every known worker anyway
