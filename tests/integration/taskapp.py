@@ -81,6 +81,10 @@ def add(x: float, y: float) -> float:
     return x + y
 
 
-@app.task(name="taskapp.fail")
 def fail() -> None:
     raise ValueError("taskapp.fail always fails")
+
+
+# A "new version" that lacks a task: TASKAPP_OMIT_FAIL=1 leaves taskapp.fail unregistered.
+if os.environ.get("TASKAPP_OMIT_FAIL") != "1":
+    fail = app.task(name="taskapp.fail")(fail)

@@ -1,0 +1,239 @@
+"""Rollouts of a real pool (process runtime) under load, checked against RabbitMQ's own consumer log."""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.parse
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import anyio
+import pytest
+from celery import Celery
+
+from drainctl import config
+from drainctl.app import Controller
+from drainctl.errors import DrainctlError
+from drainctl.runtime.process import ProcessRuntime
+from tests.helpers import read_records
+from tests.integration.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.anyio
+
+CONFIG = """
+[controller]
+id = "{controller_id}"
+state_dir = "{state_dir}"
+
+[broker]
+reply_timeout_s = 1.0
+
+[[pool]]
+name = "p"
+queues = ["{queue}"]
+replicas = 3
+version = "{version}"
+command = {command}
+env = {{ DRAINCTL_TEST_BROKER_URL = "{broker_url}", TASKAPP_PREFETCH = "1", TASKAPP_RECORD_DIR = "{records}", PYTHONPATH = "{root}"{extra_env} }}
+cwd = "{root}"
+ready_timeout_s = {ready_timeout}
+stop_timeout_s = 30
+"""
+
+WORKER = [sys.executable, "-m", "celery", "-A", "tests.integration.taskapp", "worker", "--without-mingle",
+          "--without-gossip", "-E", "-l", "INFO"]
+
+
+class PoolHarness:
+    def __init__(self, tmp_path: Path, broker_url: str) -> None:
+        self.controller_id = f"roll-{uuid.uuid4().hex[:8]}"
+        self.queue = f"q-{uuid.uuid4().hex[:8]}"
+        self.state_dir = tmp_path / "state"
+        self.records = tmp_path / "records"
+        self.records.mkdir()
+        self.path = tmp_path / "drainctl.toml"
+        self.broker_url = broker_url
+
+    def write(self, version: str, *, command: list[str] | None = None, extra_env: str = "",
+              ready_timeout: float = 60) -> None:
+        text = CONFIG.format(
+            controller_id=self.controller_id, state_dir=self.state_dir, queue=self.queue, version=version,
+            command=_toml_list(command or WORKER), broker_url=self.broker_url, records=self.records, root=REPO_ROOT,
+            extra_env=extra_env, ready_timeout=ready_timeout)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.path)  # atomic, as an operator's deploy tool would
+
+    def settings(self) -> config.Settings:
+        return config.load(self.path)
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+@asynccontextmanager
+async def running(harness: PoolHarness) -> AsyncIterator[Controller]:
+    settings = harness.settings()
+    ctl = Controller(settings, harness.broker_url, runtime=ProcessRuntime(harness.state_dir, harness.controller_id),
+                     config_path=harness.path)
+    async with anyio.create_task_group() as tg:
+        await tg.start(ctl.run)
+        try:
+            await ctl.wait_for(ctl.synced.is_set, 20)
+            yield ctl
+        finally:
+            tg.cancel_scope.cancel()
+    # Workers outlive the controller on purpose; the test stops them.
+    runtime = ProcessRuntime(harness.state_dir, harness.controller_id)
+    with anyio.move_on_after(60, shield=True):
+        for handle in await runtime.adopt():
+            await runtime.stop(handle, 20)
+
+
+def pool_at(ctl: Controller, version: str) -> bool:
+    members = ctl.fleet.of_pool("p")
+    return (len(members) == 3 and all(m.version == version and m.ready_at is not None for m in members)
+            and not ctl.fleet.rollouts and not ctl.drains.active)
+
+
+class ConsumerLog:
+    """RabbitMQ's own consumer.created / consumer.deleted events (rabbitmq_event_exchange) for one queue."""
+
+    def __init__(self, vhost: str, queue: str) -> None:
+        self.vhost = vhost
+        self.queue = queue
+        self.events: list[str] = []
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(exclusive=True)
+            exchange = await channel.get_exchange("amq.rabbitmq.event")
+            for key in ("consumer.created", "consumer.deleted"):
+                await queue.bind(exchange, routing_key=key)
+            task_status.started()
+            async with queue.iterator() as messages:
+                async for message in messages:
+                    headers = message.headers or {}
+                    if _text(headers.get("vhost")) == self.vhost and _text(headers.get("queue")) == self.queue:
+                        self.events.append(str(message.routing_key))
+                    await message.ack()
+
+    def minimum(self, initial: int) -> int:
+        count = lowest = initial
+        for event in self.events:
+            count += 1 if event == "consumer.created" else -1
+            lowest = min(lowest, count)
+        return lowest
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def send(app: Celery, queue: str, seconds: float) -> str:
+    from tests.integration.taskapp import sleep
+
+    result = await anyio.to_thread.run_sync(partial(sleep.apply_async, (seconds,), queue=queue))
+    return str(result.id)
+
+
+async def test_rollout_under_load_loses_duplicates_and_interrupts_nothing(
+    broker_url: str, rabbit_vhost: str, celery_app: Celery, tmp_path: Path
+) -> None:
+    harness = PoolHarness(tmp_path, broker_url)
+    harness.write("v1")
+    sent: list[str] = []
+    async with running(harness) as ctl:
+        await ctl.wait_for(lambda: pool_at(ctl, "v1"), 90)
+        log = ConsumerLog(urllib.parse.unquote(rabbit_vhost), harness.queue)
+        async with anyio.create_task_group() as tg:
+            await tg.start(log.run)
+
+            async def load() -> None:
+                # Continuous short tasks (bounded in count and time) throughout the rollout.
+                with anyio.move_on_after(120):
+                    for i in range(400):
+                        sent.append(await send(celery_app, harness.queue, 0.2 + (i % 5) * 0.3))
+                        await anyio.sleep(0.1)
+                        if ctl.fleet.history and pool_at(ctl, "v2") and i > 20:
+                            return
+
+            tg.start_soon(load)
+            await anyio.sleep(1)
+            harness.write("v2")
+            await ctl.reload("test")
+            await ctl.wait_for(lambda: pool_at(ctl, "v2") and bool(ctl.fleet.history), 150)
+            # every task sent runs to its end
+            await ctl.wait_for(lambda: len(sent) > 20 and not any(
+                w.tasks for w in ctl.cluster if w.hostname.startswith("p-")), 60)
+            tg.cancel_scope.cancel()
+        rollout = ctl.fleet.history[-1]
+        assert (rollout.from_version, rollout.to_version, rollout.outcome) == ("v1", "v2", "succeeded")
+        assert ctl.drains.outcomes["retired"] == 3
+        assert log.events, "the consumer log recorded nothing"
+        assert log.minimum(initial=3) >= 1, log.events
+
+    runs = read_records(harness.records)
+    starts = Counter((r["uuid"], r["retries"]) for r in runs if r["event"] == "start")
+    ends = Counter((r["uuid"], r["retries"]) for r in runs if r["event"] == "end")
+    assert set(u for u, _ in starts) == set(sent), "a task was lost"
+    assert all(n == 1 for n in starts.values()), "a task ran twice"
+    assert ends == starts, "a task was interrupted"
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [("crash-loop", "before it was ready"), ("missing-task", "does not register taskapp.fail")],
+)
+async def test_a_bad_version_aborts_with_capacity_intact(
+    broker_url: str, celery_app: Celery, tmp_path: Path, bad: str, reason: str
+) -> None:
+    harness = PoolHarness(tmp_path, broker_url)
+    harness.write("v1")
+    async with running(harness) as ctl:
+        await ctl.wait_for(lambda: pool_at(ctl, "v1"), 90)
+        before = {m.hostname for m in ctl.fleet.of_pool("p")}
+        if bad == "crash-loop":
+            harness.write("v2", command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+        else:
+            harness.write("v2", extra_env=', TASKAPP_OMIT_FAIL = "1"')
+        task = await send(celery_app, harness.queue, 0.5)
+        await ctl.reload("test")
+        await ctl.wait_for(lambda: any(r.outcome == "failed" for r in ctl.fleet.history), 90)
+        await ctl.wait_for(lambda: pool_at(ctl, "v1"), 90)
+        failed = next(r for r in ctl.fleet.history if r.outcome == "failed")
+        assert reason in failed.detail
+        assert {m.hostname for m in ctl.fleet.of_pool("p")} == before  # the old workers never left
+        assert ctl.fleet.pins["p"].version == "v1"
+        # pinned: reloading the same config does not try v2 again
+        await ctl.reload("test")
+        assert ctl.fleet.target(ctl.pool_targets["p"]) == "v1"
+    runs = read_records(harness.records)
+    assert [r["event"] for r in runs if r["uuid"] == task] == ["start", "end"]
+
+
+async def test_an_invalid_config_on_reload_changes_nothing(broker_url: str, tmp_path: Path) -> None:
+    harness = PoolHarness(tmp_path, broker_url)
+    harness.write("v1")
+    async with running(harness) as ctl:
+        await ctl.wait_for(lambda: pool_at(ctl, "v1"), 90)
+        harness.path.write_text(harness.path.read_text().replace("replicas = 3", "replicas = -3"))
+        with pytest.raises(DrainctlError, match=r"pool\.0\.replicas"):
+            await ctl.reload("test")
+        assert ctl.reloads == {"applied": 0, "rejected": 1}
+        assert ctl.pool_targets["p"].replicas == 3 and pool_at(ctl, "v1")
+        harness.write("v1")
+        harness.path.write_text(harness.path.read_text().replace(f'"{harness.queue}"', '"other"'))
+        with pytest.raises(DrainctlError, match="no pool would consume"):
+            await ctl.reload("test")
+        assert pool_at(ctl, "v1") and ctl.reloads["rejected"] == 2
