@@ -237,7 +237,12 @@ class ProcessRuntime:
 
     # ------------------------------------------------------------------ stop / signal
     async def stop(self, handle: WorkerHandle, timeout_s: float) -> bool:
-        """SIGTERM the worker's process group, SIGKILL it after `timeout_s`. True if it had to kill."""
+        """SIGTERM the worker's main process, SIGKILL its process group after `timeout_s`. True if it had to kill.
+
+        SIGTERM goes to the main process only: that is Celery's warm shutdown, which lets the pool's
+        children finish their tasks. Signalling the whole group would hit those children directly and
+        interrupt the very tasks the warm shutdown protects.
+        """
         tracked = self._lookup(handle)
         if tracked is None:
             return False
@@ -247,7 +252,8 @@ class ProcessRuntime:
         try:
             if _is_zombie(tracked.pid):
                 return False
-            _killpg(tracked.pid, signal_mod.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                signal_mod.pidfd_send_signal(fd, signal_mod.SIGTERM)
             with anyio.move_on_after(max(0.0, timeout_s)):
                 await anyio.wait_readable(fd)
                 return False
