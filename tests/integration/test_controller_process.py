@@ -1,0 +1,164 @@
+"""`drainctl run` as a real process: SIGKILL mid-rollout and restart, and a burst of SIGHUPs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from celery import Celery
+
+from drainctl.runtime.process import ProcessRuntime
+from tests.helpers import read_records, wait_until
+from tests.integration.conftest import REPO_ROOT
+from tests.integration.test_rollout import PoolHarness, send
+
+TOKEN = "controller-test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ControllerProcess:
+    def __init__(self, harness: PoolHarness, tmp_path: Path) -> None:
+        self.harness = harness
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / "controller.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "DRAINCTL_BROKER_URL": self.harness.broker_url, "DRAINCTL_API_TOKEN": TOKEN}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "drainctl", "run", "--config", str(self.harness.path), "--http",
+                 f"127.0.0.1:{self.port}", "--log-format", "json"],
+                env=env, cwd=REPO_ROOT, stdout=log, stderr=log)
+        wait_until(lambda: self._healthy(), 30, "the controller's /healthz")
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"controller exited: {self.log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
+                return bool(json.loads(response.read())["synced"])
+        except OSError:
+            return False
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/status", timeout=10) as response:
+            return dict(json.loads(response.read()))
+
+    def pool(self) -> dict[str, Any]:
+        return dict(self.status()["pools"][0])
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def controller_process(tmp_path: Path, broker_url: str) -> Iterator[ControllerProcess]:
+    harness = PoolHarness(tmp_path, broker_url)
+    harness.write("v1")
+    controller = ControllerProcess(harness, tmp_path)
+    try:
+        yield controller
+    finally:
+        controller.stop()
+
+        async def stop_workers() -> None:
+            runtime = ProcessRuntime(harness.state_dir, harness.controller_id)
+            for handle in await runtime.adopt():
+                await runtime.stop(handle, 20)
+
+        anyio.run(stop_workers)
+
+
+def settled(controller: ControllerProcess, version: str) -> Callable[[], bool]:
+    def check() -> bool:
+        pool = controller.pool()
+        return (pool["version_target"] == version and pool["ready"] == 3 and pool["alive"] == 3
+                and pool["rollout"] is None and all(w["version"] == version for w in pool["workers"]))
+    return check
+
+
+def test_a_sigkilled_controller_restarted_mid_rollout_finishes_it(
+    controller_process: ControllerProcess, celery_app: Celery
+) -> None:
+    controller = controller_process
+    harness = controller.harness
+    controller.start()
+    wait_until(settled(controller, "v1"), 90, "the pool at v1")
+    tasks = [anyio.run(send, celery_app, harness.queue, 3.0) for _ in range(6)]
+    harness.write("v2")
+    controller.signal(signal.SIGHUP)
+
+    def draining() -> bool:
+        return any(w["drain"] for w in controller.pool()["workers"])
+
+    wait_until(draining, 60, "an old worker draining")
+    controller.kill()  # mid-drain: its journal says which worker it cancelled
+    controller.start()
+    wait_until(settled(controller, "v2"), 120, "the restarted controller to finish the rollout")
+    history = controller.pool()["history"]
+    assert any(h["to_version"] == "v2" and h["outcome"] == "succeeded" for h in history), history
+
+    def all_done() -> bool:
+        runs = read_records(harness.records)
+        return sum(1 for r in runs if r["event"] == "end" and r["uuid"] in tasks) == len(tasks)
+
+    wait_until(all_done, 60, "every task to finish")
+    runs = read_records(harness.records)
+    starts = Counter(r["uuid"] for r in runs if r["event"] == "start" and r["uuid"] in tasks)
+    assert starts == Counter(dict.fromkeys(tasks, 1))
+
+
+def test_twenty_sighups_in_a_second_end_at_the_last_version_within_the_cap(
+    controller_process: ControllerProcess,
+) -> None:
+    controller = controller_process
+    harness = controller.harness
+    controller.start()
+    wait_until(settled(controller, "v1"), 90, "the pool at v1")
+    for i in range(2, 22):
+        harness.write(f"v{i}")
+        controller.signal(signal.SIGHUP)
+        anyio.run(anyio.sleep, 0.04)
+    max_alive = 0
+
+    def finished() -> bool:
+        nonlocal max_alive
+        pool = controller.pool()
+        max_alive = max(max_alive, pool["alive"])
+        return settled(controller, "v21")()
+
+    wait_until(finished, 180, "the pool at v21", interval=0.1)
+    assert max_alive <= 4
+    log = controller.log.read_text()
+    assert log.count('"configuration reloaded"') >= 1
+    assert '"rollout superseded"' in log or log.count('"rollout succeeded"') == 1
