@@ -126,6 +126,38 @@ class ModelCollector(Collector):
             buckets.append((bound, cumulative))
         yield HistogramMetricFamily("drainctl_drain_duration_seconds", "Time from drain start to its outcome.",
                                     buckets=buckets, sum_value=drains.duration_sum)
+        fleet = controller.fleet
+        pool_workers = GaugeMetricFamily(
+            "drainctl_pool_workers", "Workers of each pool drainctl runs, by version and status.",
+            labels=["pool", "version", "status"])
+        for name in sorted(controller.pool_targets):
+            counts: dict[tuple[str, str], int] = {}
+            for member in fleet.of_pool(name):
+                status = ("failed" if member.failed else "draining" if member.hostname in drains.active
+                          else "ready" if member.ready_at is not None else "starting")
+                counts[(member.version, status)] = counts.get((member.version, status), 0) + 1
+            for (version, status), count in sorted(counts.items()):
+                pool_workers.add_metric([name, version, status], count)
+        yield pool_workers
+        rollouts = CounterMetricFamily("drainctl_rollouts", "Rollouts finished, by outcome.", labels=["outcome"])
+        for outcome in ("succeeded", "failed", "superseded"):
+            rollouts.add_metric([outcome], fleet.rollout_outcomes.get(outcome, 0))
+        yield rollouts
+        in_progress = GaugeMetricFamily("drainctl_rollouts_in_progress", "Rollouts under way, by pool.",
+                                        labels=["pool"])
+        pinned = GaugeMetricFamily("drainctl_pool_pinned", "1 while a pool is pinned (failed rollout, rollback).",
+                                   labels=["pool"])
+        for name, target in sorted(controller.pool_targets.items()):
+            in_progress.add_metric([name], int(name in fleet.rollouts))
+            pin = fleet.pins.get(name)
+            pinned.add_metric([name], int(pin is not None and pin.config_version == target.version))
+        yield in_progress
+        yield pinned
+        reloads = CounterMetricFamily("drainctl_config_reloads", "Configuration reloads, by outcome.",
+                                      labels=["outcome"])
+        for outcome, count in sorted(controller.reloads.items()):
+            reloads.add_metric([outcome], count)
+        yield reloads
         yield GaugeMetricFamily("drainctl_start_time_seconds", "Unix time the controller started.",
                                 value=stats.started_wall)
 
