@@ -131,12 +131,12 @@ class ModelCollector(Collector):
             "drainctl_pool_workers", "Workers of each pool drainctl runs, by version and status.",
             labels=["pool", "version", "status"])
         for name in sorted(controller.pool_targets):
-            counts: dict[tuple[str, str], int] = {}
+            by_status: dict[tuple[str, str], int] = {}
             for member in fleet.of_pool(name):
                 status = ("failed" if member.failed else "draining" if member.hostname in drains.active
                           else "ready" if member.ready_at is not None else "starting")
-                counts[(member.version, status)] = counts.get((member.version, status), 0) + 1
-            for (version, status), count in sorted(counts.items()):
+                by_status[(member.version, status)] = by_status.get((member.version, status), 0) + 1
+            for (version, status), count in sorted(by_status.items()):
                 pool_workers.add_metric([name, version, status], count)
         yield pool_workers
         rollouts = CounterMetricFamily("drainctl_rollouts", "Rollouts finished, by outcome.", labels=["outcome"])
