@@ -305,3 +305,54 @@ def test_an_operator_paused_worker_is_left_alone_after_a_restart() -> None:
         world.step()
     assert paused in world.fleet.members and not world.drains.active
     assert Outcome.RETIRED.value not in {k for k, v in world.drains.outcomes.items() if v}
+
+
+def crash_and_restart(world: World) -> None:
+    """The controller dies: the fleet and drains go; workers, the model and the journal remain."""
+    journal = {c.hostname: c.rollout_id for c in world.journal if isinstance(c, JournalCancel)}
+    members = [(m.hostname, m.pool, m.version) for m in world.fleet.of_pool("p")]
+    ids = itertools.count(500)
+    world.fleet = Fleet(new_id=lambda: f"{next(ids):04d}")
+    world.drains = DrainBook()
+    world.fleet.cancelled.update({h: r for h, r in journal.items() if h in dict.fromkeys(m[0] for m in members)})
+    for host, pool, version in members:
+        world.fleet.adopt(host, pool, version, world.now)
+
+
+@pytest.mark.parametrize("crash_at", range(0, 16))
+@pytest.mark.parametrize("slow", [False, True])
+def test_recovery_from_a_crash_at_any_step_of_a_rollout(crash_at: int, slow: bool) -> None:
+    world = started_world()
+    world.pool = replace(world.pool, version="v2")
+    if slow:
+        world.slow_drain.update(m.hostname for m in world.fleet.of_pool("p"))
+    for _ in range(crash_at):
+        world.step()
+    crash_and_restart(world)
+    world.slow_drain.clear()
+    world.run(lambda: world.settled("v2"))
+    assert world.max_alive <= world.pool.cap
+    assert world.min_consumers is not None and world.min_consumers >= 1
+
+
+def test_recovery_when_the_crash_fell_between_the_journal_and_the_cancel() -> None:
+    world = started_world()
+    world.pool = replace(world.pool, version="v2")
+    original = world.execute
+
+    def crash_after_journal(command: Any) -> None:
+        if isinstance(command, CancelConsumers) and any(isinstance(c, JournalCancel) for c in world.journal):
+            raise _Crash
+        original(command)
+
+    world.execute = crash_after_journal  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        world.run(lambda: False, steps=50)
+    world.execute = original  # type: ignore[method-assign]
+    crash_and_restart(world)
+    world.run(lambda: world.settled("v2"))
+    assert world.max_alive <= world.pool.cap
+
+
+class _Crash(Exception):
+    pass
