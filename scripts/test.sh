@@ -27,5 +27,9 @@ echo "[test] mypy"
 echo "[test] lint-imports"
 .venv/bin/lint-imports
 
+echo "[test] the pure core is fully covered by its own tests"
+.venv/bin/coverage run --source=drainctl/core -m pytest -q -p no:cacheprovider tests/core >/dev/null
+.venv/bin/coverage report --fail-under=100 --skip-covered
+
 echo "[test] pytest $*"
 exec .venv/bin/python -m pytest -q "$@"

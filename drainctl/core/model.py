@@ -17,7 +17,7 @@ Ordering rules (DESIGN §3):
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
@@ -169,17 +169,6 @@ class Cluster:
                 return [], []
             return self._apply_task(event, now)
         return self._apply_worker(event, now)
-
-    def apply_all(self, events: Iterable[Event], now: float) -> tuple[list[Command], list[Notice]]:
-        commands: list[Command] = []
-        notices: list[Notice] = []
-        for event in events:
-            c, n = self.apply(event, now)
-            if c:
-                commands.extend(c)
-            if n:
-                notices.extend(n)
-        return commands, notices
 
     def _discover(self, hostname: str, now: float, reason: str) -> tuple[Worker, list[Command], list[Notice]]:
         worker = self.workers.get(hostname)

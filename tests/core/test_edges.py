@@ -1,0 +1,225 @@
+"""The rarer branches of the core, each pinned by a case of its own."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from drainctl.core.commands import AddConsumers, CancelConsumers, QueryRegistered, Reconcile, StartWorker
+from drainctl.core.drain import DURATION_BUCKETS, DrainBook, DrainPolicy, Outcome, Phase
+from drainctl.core.events import parse_event
+from drainctl.core.model import Cluster
+from drainctl.core.rollout import Fleet, PoolTarget
+from drainctl.core.snapshot import TaskState
+from tests.core.factories import task_event, worker_event
+
+A, B = "a@h", "b@h"
+
+
+def feed(cluster: Cluster, raws: list[dict[str, Any]], now: float = 0.0) -> None:
+    for raw in raws:
+        cluster.apply(parse_event(raw), now)
+
+
+def two_workers() -> Cluster:
+    cluster = Cluster()
+    feed(cluster, [worker_event("online", 1, host=A, pid=1), worker_event("online", 1, host=B, pid=2)])
+    cluster.set_queues(A, ("q",))
+    cluster.set_queues(B, ("q",))
+    return cluster
+
+
+def test_parse_event_without_loadavg_and_model_queries() -> None:
+    raw = worker_event("heartbeat", 2)
+    del raw["loadavg"]
+    cluster = Cluster()
+    cluster.apply(parse_event(raw), 0)
+    feed(cluster, [task_event("started", "t", 3)])
+    worker = cluster.worker("w1@host")
+    assert worker is not None and worker.loadavg is None
+    assert worker.task_ids(TaskState.RUNNING) == ["t"] and cluster.in_flight() == 1
+    assert [w.hostname for w in cluster] == ["w1@host"]
+    assert cluster.forget("w1@host") is worker and cluster.worker("w1@host") is None
+    cluster.set_queues("nobody@h", ("q",))  # unknown worker: nothing to set
+
+
+def test_events_without_pid_and_new_pids_through_task_events() -> None:
+    cluster = Cluster()
+    raw = worker_event("online", 1)
+    del raw["pid"]
+    cluster.apply(parse_event(raw), 0)
+    worker = cluster.worker("w1@host")
+    assert worker is not None and worker.pid is None
+    # a task event from a process the model never heard of, while the current one is alive: collision
+    feed(cluster, [worker_event("heartbeat", 2, pid=5), task_event("started", "t", 3, pid=6)], now=1)
+    assert worker.collision
+
+
+def test_task_events_from_a_previous_incarnation_finishing_its_shutdown() -> None:
+    cluster = Cluster()
+    feed(cluster, [worker_event("online", 1, pid=1), worker_event("offline", 2, pid=1),
+                   worker_event("online", 1, pid=2), worker_event("heartbeat", 2, pid=1)])
+    worker = cluster.worker("w1@host")
+    assert worker is not None and worker.pid == 2 and not worker.collision
+
+
+def test_drain_book_iteration_lookups_and_repeated_inputs() -> None:
+    cluster = two_workers()
+    book = DrainBook()
+    drain, _ = book.start(cluster, A, 0, policy=DrainPolicy(), managed=True)
+    assert list(book) == [drain] and book.get(A) is drain and book.get(B) is None
+    assert book.resume(cluster, A, ("q",), 1, policy=DrainPolicy(), managed=True, requested_by="x") is drain
+    assert book.cancel_replied(B, {"q": True}, 1) == []  # no drain of B
+    book.cancel_replied(A, {"q": True}, 1)
+    assert book.cancel_replied(A, {"q": True}, 2) == []  # no longer cancelling
+    assert book.queues_replied(cluster, A, ("q",), 2) == []  # not confirming
+    assert book.confirm_done(cluster, A, True, 2) == []  # not verifying
+    assert book.exited(cluster, B, 0, False, 3) == []  # not draining
+    assert book.evaluate(cluster, 3)[0] == [Reconcile(A, "drain-confirm")]
+
+
+def test_drain_of_a_worker_the_model_forgot() -> None:
+    for phase_retiring in (False, True):
+        cluster = two_workers()
+        book = DrainBook()
+        drain, _ = book.start(cluster, A, 0, policy=DrainPolicy(), managed=False)
+        if phase_retiring:
+            drain.phase = Phase.RETIRING
+            drain.shutdown_at = 0
+        cluster.forget(A)
+        book.evaluate(cluster, 1)
+        assert drain.outcome is (Outcome.SHUTDOWN_REQUESTED if phase_retiring else Outcome.LOST)
+
+
+def test_managed_drain_replaced_while_retiring_and_unmanaged_restarted_while_retiring() -> None:
+    for managed, expected in ((False, Outcome.RESTARTED_BY_SUPERVISOR), (True, Outcome.LOST)):
+        cluster = two_workers()
+        book = DrainBook()
+        drain, _ = book.start(cluster, A, 0, policy=DrainPolicy(), managed=managed)
+        drain.phase = Phase.RETIRING
+        drain.shutdown_at = 0
+        feed(cluster, [worker_event("offline", 5, host=A, pid=1), worker_event("online", 1, host=A, pid=9)], now=1)
+        if managed:
+            drain.phase = Phase.WAITING
+        book.evaluate(cluster, 1)
+        assert drain.outcome is expected
+
+
+def test_long_drains_land_in_the_last_bucket() -> None:
+    cluster = two_workers()
+    book = DrainBook()
+    book.start(cluster, A, 0, policy=DrainPolicy(), managed=True)
+    book.exited(cluster, A, 0, False, DURATION_BUCKETS[-1] + 1)
+    assert book.duration_buckets[-1] == 1
+
+
+def pool(**kw: Any) -> PoolTarget:
+    return PoolTarget(**{"name": "p", "queues": ("q",), "replicas": 1, "cap": 2, "version": "v1", **kw})
+
+
+def fleet() -> Fleet:
+    ids = itertools.count()
+    return Fleet(new_id=lambda: str(next(ids)))
+
+
+def test_fleet_lookups_and_inputs_for_unknown_workers() -> None:
+    f = fleet()
+    f.registered("nobody@h", ["t"], 0)
+    assert f.exited("nobody@h", 0, 0) == []
+    assert f.start_failed("nobody@h", "boom", 0) == []
+    assert f.rollout("nope") is None
+    cluster = Cluster()
+    commands, _ = f.plan({"p": pool()}, cluster, DrainBook(), 0)
+    (start,) = commands
+    assert isinstance(start, StartWorker)
+    notices = f.start_failed(start.hostname, "image missing", 1)
+    assert "could not be started: image missing" in notices[0].detail
+    assert f.consecutive_failures["p"] == 1
+
+
+def test_registered_reply_missing_is_asked_again_later() -> None:
+    f = fleet()
+    cluster = Cluster()
+    commands, _ = f.plan({"p": pool()}, cluster, DrainBook(), 0)
+    host = commands[0].hostname  # type: ignore[union-attr]
+    feed(cluster, [worker_event("online", 1, host=host)], now=0)
+    cluster.set_queues(host, ("q",))
+    assert QueryRegistered(host) in f.plan({"p": pool()}, cluster, DrainBook(), 1)[0]
+    f.registered(host, None, 1)
+    assert QueryRegistered(host) not in f.plan({"p": pool()}, cluster, DrainBook(), 2)[0]
+    assert QueryRegistered(host) in f.plan({"p": pool()}, cluster, DrainBook(), 3.5)[0]
+    f.registered(host, ["t"], 3.5)
+    f.plan({"p": pool()}, cluster, DrainBook(), 4)
+    assert f.members[host].ready_at == 4
+
+
+def ready_pool(f: Fleet, cluster: Cluster, target: PoolTarget, now: float = 0) -> list[str]:
+    hosts = []
+    for command in f.plan({"p": target}, cluster, DrainBook(), now)[0]:
+        if isinstance(command, StartWorker):
+            feed(cluster, [worker_event("online", 1, host=command.hostname, pid=len(hosts) + 10)], now=now)
+            cluster.set_queues(command.hostname, target.queues)
+            f.registered(command.hostname, ["t"], now)
+            hosts.append(command.hostname)
+    f.plan({"p": target}, cluster, DrainBook(), now + 1)
+    return hosts
+
+
+def test_lowering_replicas_drains_the_newest() -> None:
+    f = fleet()
+    cluster = Cluster()
+    target = pool(replicas=2, cap=3)
+    hosts = ready_pool(f, cluster, target)
+    book = DrainBook()
+    commands, _ = f.plan({"p": pool(replicas=1, cap=2)}, cluster, book, 5)
+    assert CancelConsumers(hosts[1], ("q",)) in commands
+
+
+def test_old_worker_unknown_to_the_model_is_not_drained_yet_and_refusals_wait() -> None:
+    f = fleet()
+    cluster = Cluster()
+    target = pool(replicas=1, cap=2)
+    (old,) = ready_pool(f, cluster, target)
+    # the new version's worker is ready, but the model has not seen the old one's queues
+    cluster.workers[old].queues = None
+    v2 = pool(replicas=1, cap=2, version="v2")
+    commands, _ = f.plan({"p": v2}, cluster, DrainBook(), 5)
+    new = next(c.hostname for c in commands if isinstance(c, StartWorker))
+    feed(cluster, [worker_event("online", 1, host=new, pid=99)], now=5)
+    cluster.set_queues(new, ("other",))  # consumes the wrong queue: never ready
+    f.registered(new, ["t"], 5)
+    f.members[new].ready_at = 5  # pretend ready to reach the drain
+    commands, _ = f.plan({"p": v2}, cluster, DrainBook(), 6)
+    assert not any(isinstance(c, CancelConsumers) for c in commands)
+    cluster.set_queues(old, ("q",))
+    book = DrainBook()
+    commands, notices = f.plan({"p": v2}, cluster, book, 7)
+    assert any(n.kind == "rollout-waiting" for n in notices)  # q would have no other consumer
+
+
+def test_a_reverted_drain_of_a_never_ready_member_counts_it_ready() -> None:
+    f = fleet()
+    cluster = Cluster()
+    target = pool(replicas=1, cap=2)
+    (host,) = ready_pool(f, cluster, target)
+    book = DrainBook()
+    feed(cluster, [worker_event("online", 1, host="x@h", pid=50)])
+    cluster.set_queues("x@h", ("q",))
+    book.start(cluster, host, 10, policy=DrainPolicy(), managed=True, requested_by="rollout:r")
+    cluster.set_queues(host, ())  # cancelled
+    f.members[host].ready_at = None
+    commands, _ = f.plan({"p": target}, cluster, book, 11)
+    assert AddConsumers(host, ("q",)) in commands
+    assert f.members[host].ready_at == 11
+
+
+def test_resume_of_a_worker_the_model_does_not_know_and_rollout_lookup() -> None:
+    book = DrainBook()
+    drain = book.resume(Cluster(), A, ("q",), 0, policy=DrainPolicy(), managed=True, requested_by="r")
+    assert drain.held == () and drain.pid is None and drain.phase is Phase.WAITING
+    f = fleet()
+    cluster = Cluster()
+    ready_pool(f, cluster, pool())
+    f.plan({"p": pool(version="v2")}, cluster, DrainBook(), 5)
+    (rollout,) = f.rollouts.values()
+    assert f.rollout(rollout.id) is rollout
