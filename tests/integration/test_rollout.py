@@ -237,3 +237,51 @@ async def test_an_invalid_config_on_reload_changes_nothing(broker_url: str, tmp_
         with pytest.raises(DrainctlError, match="no pool would consume"):
             await ctl.reload("test")
         assert pool_at(ctl, "v1") and ctl.reloads["rejected"] == 2
+
+
+async def test_rollout_on_the_docker_runtime(
+    broker_url: str, celery_app: Celery, tmp_path: Path, docker_available: None
+) -> None:
+    from drainctl.runtime.base import LABEL_CONTROLLER
+    from drainctl.runtime.docker import DockerRuntime
+    from tests.integration.docker_support import IMAGE, docker, host_binds
+
+    harness = PoolHarness(tmp_path, broker_url)
+    binds = [*host_binds(), f"{harness.records}:{harness.records}:rw"]
+
+    def write(version: str) -> None:
+        harness.write(version)
+        text = harness.path.read_text().replace("replicas = 3", "replicas = 2")
+        text += f'runtime = "docker"\nimage = "{IMAGE}"\nbinds = {_toml_list(binds)}\n'
+        harness.path.write_text(text)
+
+    write("v1")
+    docker_runtime = DockerRuntime(harness.controller_id)
+    ctl = Controller(harness.settings(), broker_url, runtime=ProcessRuntime(harness.state_dir, harness.controller_id),
+                     runtimes={"docker": docker_runtime}, config_path=harness.path)
+
+    def at(version: str) -> bool:
+        members = ctl.fleet.of_pool("p")
+        return (len(members) == 2 and all(m.version == version and m.ready_at is not None for m in members)
+                and not ctl.fleet.rollouts and not ctl.drains.active)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(ctl.run)
+            await ctl.wait_for(lambda: at("v1"), 120)
+            tasks = [await send(celery_app, harness.queue, 1.0) for _ in range(4)]
+            write("v2")
+            await ctl.reload("test")
+            await ctl.wait_for(lambda: at("v2") and bool(ctl.fleet.history), 150)
+            assert ctl.fleet.history[-1].outcome == "succeeded"
+            assert ctl.drains.outcomes["retired"] == 2
+            tg.cancel_scope.cancel()
+    finally:
+        await docker_runtime.aclose()
+        listed = docker("ps", "-aq", "--filter", f"label={LABEL_CONTROLLER}={harness.controller_id}")
+        if listed.stdout.split():
+            docker("rm", "-f", *listed.stdout.split())
+    runs = read_records(harness.records)
+    starts = Counter(r["uuid"] for r in runs if r["event"] == "start" and r["uuid"] in tasks)
+    ends = Counter(r["uuid"] for r in runs if r["event"] == "end" and r["uuid"] in tasks)
+    assert starts == ends == Counter(dict.fromkeys(tasks, 1))
