@@ -718,8 +718,10 @@ class Controller:
 
     async def _query_registered(self, command: QueryRegistered, control: broker.ControlClient) -> None:
         try:
+            # A worker that just started is busy forking its pool: give it time rather than
+            # losing its late reply and asking again a retry interval later.
             result = await control.call("registered", {}, [command.hostname],
-                                        timeout_s=self.settings.broker.reply_timeout_s)
+                                        timeout_s=max(5.0, self.settings.broker.reply_timeout_s))
         except DrainctlError as exc:
             await self._send.send(CommandFailed(command, str(exc)))
             return

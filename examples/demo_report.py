@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if foreign:
         print(f"(also {foreign} task(s) run that this load did not send)")
     for hostname, n in sorted(by_worker.items()):
-        print(f"  ran on {hostname}: {n}")
+        print(f"  finished on {hostname}: {n}")
 
     rollout_ok = True
     if args.rollout_json is not None:

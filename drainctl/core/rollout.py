@@ -31,7 +31,7 @@ from drainctl.core.commands import (
 from drainctl.core.drain import DrainBook, DrainPolicy, DrainRefused, Phase
 from drainctl.core.model import Cluster, Notice, WorkerState
 
-REGISTERED_RETRY_S = 2.0
+REGISTERED_RETRY_S = 1.0
 MAX_START_BACKOFF_S = 60.0
 
 
@@ -286,7 +286,9 @@ class Fleet:
             member.ready_at = now
             return []
         commands: list[Command] = []
-        if online and member.registered is None and (
+        # Asked once the worker answered a reconcile (its queues are known): a command sent before
+        # its pidbox queue exists is simply gone, and would cost a whole reply timeout.
+        if online and consuming and member.registered is None and (
                 member.registered_asked_at is None or now - member.registered_asked_at >= REGISTERED_RETRY_S):
             member.registered_asked_at = now
             commands.append(QueryRegistered(member.hostname))

@@ -146,7 +146,7 @@ def test_registered_reply_missing_is_asked_again_later() -> None:
     cluster.set_queues(host, ("q",))
     assert QueryRegistered(host) in f.plan({"p": pool()}, cluster, DrainBook(), 1)[0]
     f.registered(host, None, 1)
-    assert QueryRegistered(host) not in f.plan({"p": pool()}, cluster, DrainBook(), 2)[0]
+    assert QueryRegistered(host) not in f.plan({"p": pool()}, cluster, DrainBook(), 1.5)[0]
     assert QueryRegistered(host) in f.plan({"p": pool()}, cluster, DrainBook(), 3.5)[0]
     f.registered(host, ["t"], 3.5)
     f.plan({"p": pool()}, cluster, DrainBook(), 4)

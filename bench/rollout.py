@@ -1,0 +1,208 @@
+"""Rollout cost: queue wait (sent -> started) during a rollout against steady state, same run, and the
+overhead per replaced worker beyond the work itself.
+
+    .venv/bin/python bench/rollout.py [--steady 20] [--rate 8]
+
+A pool of 3 real workers (process runtime, concurrency 2) serves a steady load of short tasks. The
+queue wait of each task is measured from just before it is published to the start record the task
+writes (CLOCK_MONOTONIC is system-wide on Linux). Then the pool is rolled out to a new version under
+the same load. Targets: p99 during the rollout / p99 steady <= 1.2; per replaced worker, the
+overhead beyond start-up + readiness (last task end -> retire) <= 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+
+import anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from drainctl import config  # noqa: E402
+from drainctl.app import Controller  # noqa: E402
+from drainctl.runtime.process import ProcessRuntime  # noqa: E402
+
+VHOST = "drainctl-bench-rollout"
+
+CONFIG = """
+[controller]
+id = "bench-rollout"
+state_dir = "{state}"
+[broker]
+reply_timeout_s = 1.0
+[[pool]]
+name = "bench"
+queues = ["bench"]
+replicas = 3
+concurrency = 2
+version = "{version}"
+command = ["{python}", "-m", "celery", "-A", "tests.integration.taskapp", "worker", "-E", "--without-mingle",
+           "--without-gossip", "-l", "WARNING"]
+env = {{ DRAINCTL_TEST_BROKER_URL = "{url}", TASKAPP_PREFETCH = "1", TASKAPP_RECORD_DIR = "{records}", PYTHONPATH = "{root}" }}
+cwd = "{root}"
+stop_timeout_s = 60
+"""
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def starts(records: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for path in records.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record["event"] == "start":
+                out.setdefault(record["uuid"], float(record["monotonic"]))
+    return out
+
+
+async def run(args: argparse.Namespace) -> None:
+    from tests.integration.taskapp import app, sleep
+
+    work = Path(f"/tmp/drainctl-bench-rollout-{uuid.uuid4().hex[:6]}")
+    records = work / "records"
+    records.mkdir(parents=True)
+    url = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+    app.conf.broker_url = url
+    path = work / "drainctl.toml"
+
+    def write(version: str) -> None:
+        path.write_text(CONFIG.format(state=work / "state", version=version, python=sys.executable, url=url,
+                                      records=records, root=ROOT))
+
+    write("v1")
+    ctl = Controller(config.load(path), url, runtime=ProcessRuntime(work / "state", "bench-rollout"),
+                     config_path=path)
+    sent: dict[str, tuple[float, str]] = {}
+    phase = "warmup"
+
+    async def load() -> None:
+        interval = 1.0 / args.rate
+        next_at = time.monotonic()
+        for i in range(100_000):
+            if phase == "done":
+                return
+            sent_at = time.monotonic()
+            seconds = args.task_min + (i % 5) * (args.task_max - args.task_min) / 4
+            result = await anyio.to_thread.run_sync(partial(sleep.apply_async, (seconds,), queue="bench"))
+            sent[str(result.id)] = (sent_at, phase)
+            next_at += interval
+            await anyio.sleep(max(0.0, next_at - time.monotonic()))
+
+    def at(version: str) -> bool:
+        members = ctl.fleet.of_pool("bench")
+        return (len(members) == 3 and all(m.version == version and m.ready_at is not None for m in members)
+                and not ctl.fleet.rollouts and not ctl.drains.active)
+
+    overheads: list[tuple[float, float]] = []
+    tails: list[float] = []
+    durations: list[float] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(ctl.run)
+        await ctl.wait_for(lambda: at("v1"), 120)
+        tg.start_soon(load)
+        await anyio.sleep(3)
+        for round_ in range(args.rollouts):
+            phase = "steady"
+            await anyio.sleep(args.steady)
+            phase = "rollout"
+            version = f"v{round_ + 2}"
+            before = {m.hostname for m in ctl.fleet.of_pool("bench")}
+            seen: dict[str, float] = {}
+            ready: dict[str, tuple[float, float]] = {}
+
+            def track(version: str = version, before: set[str] = before, seen: dict[str, float] = seen,
+                      ready: dict[str, tuple[float, float]] = ready) -> bool:
+                for member in ctl.fleet.of_pool("bench"):
+                    if member.hostname in before:
+                        continue
+                    worker = ctl.cluster.worker(member.hostname)
+                    if worker is not None:
+                        seen.setdefault(member.hostname, worker.first_seen)
+                    if member.ready_at is not None and member.hostname not in ready:
+                        online = seen.get(member.hostname, member.ready_at)
+                        ready[member.hostname] = (online - member.started_at, member.ready_at - online)
+                return at(version)
+
+            write(version)
+            began_at = time.monotonic()
+            await ctl.reload("bench")
+            await ctl.wait_for(track, 300)
+            durations.append(time.monotonic() - began_at)
+            overheads.extend(ready.values())
+            tails.extend(d.reaction_s for d in ctl.drains.finished if d.hostname in before and d.reaction_s is not None)
+            print(f"  rollout {round_ + 1}/{args.rollouts} to {version}: {durations[-1]:.1f} s", file=sys.stderr)
+        phase = "steady"
+        await anyio.sleep(args.steady)
+        phase = "done"
+        await anyio.sleep(3)
+        tg.cancel_scope.cancel()
+    runtime = ProcessRuntime(work / "state", "bench-rollout")
+    for handle in await runtime.adopt():
+        await runtime.stop(handle, 30)
+
+    began = starts(records)
+    waits: dict[str, list[float]] = {"steady": [], "rollout": []}
+    for task_id, (sent_at, when) in sent.items():
+        if when in waits and task_id in began:
+            waits[when].append(began[task_id] - sent_at)
+    lost = [t for t, (_, when) in sent.items() if when in waits and t not in began]
+    print(f"\nqueue wait (sent -> started), {args.rate:g}/s of {args.task_min:g}-{args.task_max:g} s tasks "
+          "on 3 workers x 2 slots")
+    print(f"{'phase':10} {'tasks':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for when, values in waits.items():
+        print(f"{when:10} {len(values):6} {1000 * percentile(values, 50):8.1f} {1000 * percentile(values, 99):8.1f} "
+              f"{1000 * max(values):8.1f}")
+    ratio = percentile(waits["rollout"], 99) / percentile(waits["steady"], 99)
+    print(f"p99 rollout / steady: {ratio:.2f} (target <= 1.2: {'met' if ratio <= 1.2 else 'NOT met'}); "
+          f"tasks not started: {len(lost)}")
+    rollout_seconds = sum(durations)
+    print(f"({args.rollouts} rollouts, {rollout_seconds:.1f} s in all; steady windows of {args.steady:g} s between)")
+    startup = [o[0] for o in overheads]
+    gate = [o[1] for o in overheads]
+    print(f"\nper replaced worker ({len(overheads)}): start-up (process start -> worker-online) p50 "
+          f"{percentile(startup, 50):.2f} s; readiness gate after online p50 {1000 * percentile(gate, 50):.0f} ms, "
+          f"max {1000 * max(gate):.0f} ms; last task end -> retire p50 {1000 * percentile(tails, 50):.1f} ms, "
+          f"max {1000 * max(tails):.1f} ms")
+    worst = max(gate) + max(tails)
+    print(f"overhead beyond start-up, worst case: {worst:.3f} s (target <= 0.5 s: {'met' if worst <= 0.5 else 'NOT met'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steady", type=float, default=15.0)
+    parser.add_argument("--rollouts", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=3.0)
+    parser.add_argument("--task-min", type=float, default=0.2)
+    parser.add_argument("--task-max", type=float, default=1.8)
+    args = parser.parse_args()
+    rabbitmqctl("add_vhost", VHOST)
+    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    try:
+        anyio.run(run, args)
+    finally:
+        rabbitmqctl("delete_vhost", VHOST)
+
+
+if __name__ == "__main__":
+    socket.setdefaulttimeout(30)
+    main()
