@@ -788,8 +788,13 @@ class Controller:
 
     async def _reconcile(self, command: Reconcile, control: broker.ControlClient) -> None:
         destination = None if command.hostname is None else [command.hostname]
-        timeout = self.settings.broker.reply_timeout_s
-        for attempt in range(3):
+        reply_timeout = self.settings.broker.reply_timeout_s
+        # A worker announces itself (worker-online) before its pidbox queue exists, and a command
+        # published before then is simply gone. So a targeted question starts with a short deadline
+        # and is asked again with longer ones: the pidbox usually appears within a few 100 ms.
+        deadlines = [reply_timeout] if destination is None else [
+            min(reply_timeout, 0.25), min(reply_timeout, 0.5), reply_timeout, reply_timeout]
+        for attempt, timeout in enumerate(deadlines):
             try:
                 replies = await broker.reconcile(control, destination, timeout_s=timeout)
             except DrainctlError as exc:
@@ -798,11 +803,8 @@ class Controller:
                 return
             snapshots = tuple(build_snapshot(host, methods) for host, methods in sorted(replies.items()))
             complete = all(s.tasks is not None and s.clock is not None for s in snapshots)
-            # A worker that just came online may not listen on its pidbox yet: commands sent before
-            # its queue exists are gone. Ask a targeted question again, briefly, before settling.
-            if destination is None or (snapshots and complete) or attempt == 2:
+            if destination is None or (snapshots and complete) or attempt == len(deadlines) - 1:
                 break
-            await anyio.sleep(0.5 * (attempt + 1))
         await self._send.send(SnapshotsIn(command.reason, command.hostname, snapshots))
 
     async def _enable_events(self, command: EnableEvents, control: broker.ControlClient) -> None:
