@@ -892,7 +892,7 @@ def pools_document(controller: Controller) -> list[dict[str, Any]]:
                 "replaced": active.replaced, "total": active.total, "requested_by": active.requested_by,
                 "age_s": round(controller.clock() - active.started_at, 3),
             },
-            "history": [h for h in history if h["pool"] == name],
+            "history": [h for h in history if h["pool"] == name and h["outcome"] is not None],
         })
     return pools
 

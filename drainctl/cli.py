@@ -313,9 +313,10 @@ def _render_pools(document: dict[str, Any]) -> list[str]:
             line = f"    {member['hostname']}  {member['version']}  {member['status']}"
             if drain_doc:
                 waiting = drain_doc.get("waiting_for") or []
-                line += f"  draining ({drain_doc['phase']}), waiting for {len(waiting)} task(s)"
+                line += f"  draining ({drain_doc['phase']})"
                 if waiting:
-                    line += ": " + ", ".join(f"{t['id']} ({t['age_s']:.0f}s)" for t in waiting[:3])
+                    line += f", waiting for {len(waiting)} task(s): " + ", ".join(
+                        f"{t['id']} ({t['age_s']:.0f}s)" for t in waiting[:3])
             lines.append(line)
         for past in pool.get("history", [])[:3]:
             lines.append(f"  {past['id']}: {past['from_version']} -> {past['to_version']} {past['outcome']} "
