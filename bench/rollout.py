@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from functools import partial
 from pathlib import Path
 
 import anyio
@@ -32,6 +32,23 @@ from drainctl.app import Controller  # noqa: E402
 from drainctl.runtime.process import ProcessRuntime  # noqa: E402
 
 VHOST = "drainctl-bench-rollout"
+
+LOADER = """
+import sys, time
+from tests.integration.taskapp import app, sleep
+url, rate, lo, hi, path = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+app.conf.broker_url = url
+app.conf.broker_transport_options = {"confirm_publish": True}
+next_at = time.monotonic()
+with open(path, "a") as out:
+    for i in range(100_000):
+        sent_at = time.monotonic()
+        result = sleep.apply_async((lo + (i % 5) * (hi - lo) / 4,), queue="bench")
+        out.write(f"{result.id} {sent_at}\\n")
+        out.flush()
+        next_at += 1.0 / rate
+        time.sleep(max(0.0, next_at - time.monotonic()))
+"""
 
 CONFIG = """
 [controller]
@@ -76,7 +93,7 @@ def starts(records: Path) -> dict[str, float]:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from tests.integration.taskapp import app, sleep
+    from tests.integration.taskapp import app
 
     work = Path(f"/tmp/drainctl-bench-rollout-{uuid.uuid4().hex[:6]}")
     records = work / "records"
@@ -92,21 +109,12 @@ async def run(args: argparse.Namespace) -> None:
     write("v1")
     ctl = Controller(config.load(path), url, runtime=ProcessRuntime(work / "state", "bench-rollout"),
                      config_path=path)
-    sent: dict[str, tuple[float, str]] = {}
-    phase = "warmup"
-
-    async def load() -> None:
-        interval = 1.0 / args.rate
-        next_at = time.monotonic()
-        for i in range(100_000):
-            if phase == "done":
-                return
-            sent_at = time.monotonic()
-            seconds = args.task_min + (i % 5) * (args.task_max - args.task_min) / 4
-            result = await anyio.to_thread.run_sync(partial(sleep.apply_async, (seconds,), queue="bench"))
-            sent[str(result.id)] = (sent_at, phase)
-            next_at += interval
-            await anyio.sleep(max(0.0, next_at - time.monotonic()))
+    sent_file = work / "sent.txt"
+    windows: list[tuple[str, float, float]] = []  # (phase, start, end) on CLOCK_MONOTONIC
+    # The load comes from a process of its own, so that the controller's work never delays a publish.
+    loader = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measurement
+        [sys.executable, "-c", LOADER, url, str(args.rate), str(args.task_min), str(args.task_max), str(sent_file)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
     def at(version: str) -> bool:
         members = ctl.fleet.of_pool("bench")
@@ -119,12 +127,11 @@ async def run(args: argparse.Namespace) -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(ctl.run)
         await ctl.wait_for(lambda: at("v1"), 120)
-        tg.start_soon(load)
         await anyio.sleep(3)
         for round_ in range(args.rollouts):
-            phase = "steady"
+            steady_from = time.monotonic()
             await anyio.sleep(args.steady)
-            phase = "rollout"
+            windows.append(("steady", steady_from, time.monotonic()))
             version = f"v{round_ + 2}"
             before = {m.hostname for m in ctl.fleet.of_pool("bench")}
             seen: dict[str, float] = {}
@@ -148,12 +155,15 @@ async def run(args: argparse.Namespace) -> None:
             await ctl.reload("bench")
             await ctl.wait_for(track, 300)
             durations.append(time.monotonic() - began_at)
+            windows.append(("rollout", began_at, time.monotonic()))
             overheads.extend(ready.values())
             tails.extend(d.reaction_s for d in ctl.drains.finished if d.hostname in before and d.reaction_s is not None)
             print(f"  rollout {round_ + 1}/{args.rollouts} to {version}: {durations[-1]:.1f} s", file=sys.stderr)
-        phase = "steady"
+        steady_from = time.monotonic()
         await anyio.sleep(args.steady)
-        phase = "done"
+        windows.append(("steady", steady_from, time.monotonic()))
+        loader.terminate()
+        loader.wait(30)
         await anyio.sleep(3)
         tg.cancel_scope.cancel()
     runtime = ProcessRuntime(work / "state", "bench-rollout")
@@ -162,6 +172,11 @@ async def run(args: argparse.Namespace) -> None:
 
     began = starts(records)
     waits: dict[str, list[float]] = {"steady": [], "rollout": []}
+    sent: dict[str, tuple[float, str]] = {}
+    for line in sent_file.read_text().splitlines():
+        task_id, at_s = line.split()
+        when = next((phase for phase, lo, hi in windows if lo <= float(at_s) < hi), "other")
+        sent[task_id] = (float(at_s), when)
     for task_id, (sent_at, when) in sent.items():
         if when in waits and task_id in began:
             waits[when].append(began[task_id] - sent_at)

@@ -792,8 +792,11 @@ class Controller:
         # A worker announces itself (worker-online) before its pidbox queue exists, and a command
         # published before then is simply gone. So a targeted question starts with a short deadline
         # and is asked again with longer ones: the pidbox usually appears within a few 100 ms.
+        # (A worker drainctl already talked to keeps the whole deadline: a late answer is no loss.)
+        just_seen = command.reason in DISCOVERY_REASONS or command.reason == "worker-online"
         deadlines = [reply_timeout] if destination is None else [
-            min(reply_timeout, 0.25), min(reply_timeout, 0.5), reply_timeout, reply_timeout]
+            min(reply_timeout, 0.25), min(reply_timeout, 0.5), reply_timeout, reply_timeout] if just_seen else [
+            reply_timeout, reply_timeout, reply_timeout]
         for attempt, timeout in enumerate(deadlines):
             try:
                 replies = await broker.reconcile(control, destination, timeout_s=timeout)
