@@ -28,6 +28,7 @@ from drainctl.runtime.docker import DockerRuntime
 from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records
 from tests.integration.conftest import REPO_ROOT
+from tests.integration.controllers import synced
 from tests.integration.docker_support import IMAGE, docker, host_binds
 
 pytestmark = pytest.mark.anyio
@@ -54,13 +55,8 @@ async def controller_with_runtime(
     )
     ctl = Controller(settings, broker_url, runtime=rt)
     try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(ctl.run)
-            try:
-                await ctl.wait_for(ctl.synced.is_set, 20)
-                yield ctl
-            finally:
-                tg.cancel_scope.cancel()
+        async with synced(ctl):
+            yield ctl
     finally:
         if isinstance(rt, DockerRuntime):
             await rt.aclose()

@@ -21,6 +21,7 @@ from drainctl.app import Controller, build_status
 from drainctl.core.model import TaskEvents, WorkerState
 from drainctl.core.snapshot import TaskState
 from tests.integration.conftest import rabbitmqctl
+from tests.integration.controllers import synced
 
 pytestmark = pytest.mark.anyio
 
@@ -33,13 +34,8 @@ async def running_controller(broker_url: str, **controller: Any) -> AsyncIterato
         "events": {"queue_expires_s": 120},
     })
     ctl = Controller(settings, broker_url)
-    async with anyio.create_task_group() as tg:
-        await tg.start(ctl.run)
-        try:
-            await ctl.wait_for(ctl.synced.is_set, 20)
-            yield ctl
-        finally:
-            tg.cancel_scope.cancel()
+    async with synced(ctl):
+        yield ctl
 
 
 def queue_name() -> str:

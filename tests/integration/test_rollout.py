@@ -24,6 +24,7 @@ from drainctl.errors import DrainctlError
 from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records
 from tests.integration.conftest import REPO_ROOT
+from tests.integration.controllers import synced
 
 pytestmark = pytest.mark.anyio
 
@@ -84,13 +85,8 @@ async def running(harness: PoolHarness) -> AsyncIterator[Controller]:
     settings = harness.settings()
     ctl = Controller(settings, harness.broker_url, runtime=ProcessRuntime(harness.state_dir, harness.controller_id),
                      config_path=harness.path)
-    async with anyio.create_task_group() as tg:
-        await tg.start(ctl.run)
-        try:
-            await ctl.wait_for(ctl.synced.is_set, 20)
-            yield ctl
-        finally:
-            tg.cancel_scope.cancel()
+    async with synced(ctl):
+        yield ctl
     # Workers outlive the controller on purpose; the test stops them.
     runtime = ProcessRuntime(harness.state_dir, harness.controller_id)
     with anyio.move_on_after(60, shield=True):
