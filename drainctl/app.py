@@ -146,6 +146,11 @@ class DrainRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseDeniedIn:
+    hostname: str
+
+
+@dataclass(frozen=True, slots=True)
 class RegisteredIn:
     hostname: str
     tasks: tuple[str, ...] | None
@@ -183,7 +188,7 @@ class RollbackRequested:
 Input = (
     EventsIn | DroppedIn | BrokerUp | BrokerDown | SnapshotsIn | EventsEnabledIn | CommandFailed | Tick
     | CancelRepliedIn | QueuesRepliedIn | WorkerExitedIn | WorkerStartedIn | DrainRequested
-    | RegisteredIn | StartFailedIn | ReloadRequested | RollbackRequested
+    | RegisteredIn | StartFailedIn | ReloadRequested | RollbackRequested | LeaseDeniedIn
 )
 
 
@@ -262,6 +267,7 @@ class Controller:
             prefetch=settings.events.prefetch,
         )
         self.control: broker.ControlClient | None = None
+        self.leases: broker.Leases | None = None
         # Set once the start-up reconcile has been merged: the model is complete from then on.
         self.synced = anyio.Event()
         send, receive = anyio.create_memory_object_stream[Input](INBOX_SIZE)
@@ -387,6 +393,7 @@ class Controller:
             if self.stats.connected:
                 first = False
             self.control = None
+            self.leases = None
             was_connected = self.stats.connected
             self.stats.connected = False
             await self._send.send(BrokerDown(reason))
@@ -417,6 +424,7 @@ class Controller:
                 await tg.start(broker.consume_events, channel, self.event_queue, self._on_batch)
                 tg.start_soon(broker.consume_dropped, dropped_channel, self.event_queue, self._on_dropped)
                 self.control = control
+                self.leases = broker.Leases(connection)
                 self.stats.connected = True
                 self.stats.connects += 1
                 log.info("broker connected", broker=redact_url(self.broker_url), first=first)
@@ -462,7 +470,19 @@ class Controller:
                     self.stats.dropped += item.events
                     log.warning("event queue overflowed; oldest events dropped", events=item.events,
                                 total=self.stats.dropped)
+                elif isinstance(item, LeaseDeniedIn):
+                    # Never add_consumer here: the other controller may be draining this very worker.
+                    notices.extend(self.drains.abandon(
+                        item.hostname, now,
+                        "another controller holds this worker's lease (drainctl.lock.<hostname>): it is acting on it"))
+                    self.fleet.cancelled.pop(item.hostname, None)
+                    if self.journal is not None:
+                        self.journal.forget(item.hostname)
                 elif isinstance(item, BrokerUp):
+                    if self.leases is not None and self._tg is not None:
+                        # Leases died with the old connection: take them again for the drains under way.
+                        for hostname in sorted(self.drains.active):
+                            self._tg.start_soon(self._retake_lease, self.leases, hostname)
                     if item.first:
                         commands.append(Reconcile(None, "startup"))
                     else:
@@ -487,6 +507,7 @@ class Controller:
                     self._log_notice(notice)
                 for command in commands:
                     self._execute(command)
+                self._release_leases()
                 changed, self._changed = self._changed, anyio.Event()
                 changed.set()
 
@@ -732,9 +753,42 @@ class Controller:
             tasks = tuple(sorted({str(t).split(" ", 1)[0] for t in reply if isinstance(t, str)}))
         await self._send.send(RegisteredIn(command.hostname, tasks))
 
+    def _release_leases(self) -> None:
+        leases = self.leases
+        if leases is None or self._tg is None:
+            return
+        for hostname in leases.held - set(self.drains.active):
+            self._tg.start_soon(self._release_lease, leases, hostname)
+
+    async def _retake_lease(self, leases: broker.Leases, hostname: str) -> None:
+        try:
+            mine = await leases.acquire(hostname)
+        except Exception as exc:
+            log.info("lease not retaken", worker=hostname, error=redact_text(str(exc)))
+            return
+        if not mine:
+            await self._send.send(LeaseDeniedIn(hostname))
+
+    async def _release_lease(self, leases: broker.Leases, hostname: str) -> None:
+        try:
+            await leases.release(hostname)
+        except Exception as exc:  # the connection may be gone: RabbitMQ then released it itself
+            log.info("lease release failed", worker=hostname, error=redact_text(str(exc)))
+
     async def _consumers(self, command: CancelConsumers | AddConsumers, control: broker.ControlClient) -> None:
         method = "cancel_consumer" if isinstance(command, CancelConsumers) else "add_consumer"
         timeout = self.settings.broker.reply_timeout_s
+        leases = self.leases
+        if isinstance(command, CancelConsumers) and leases is not None:
+            try:
+                mine = await leases.acquire(command.hostname)
+            except Exception as exc:  # no lease, no cancel: the drain asks again after its retry interval
+                await self._send.send(CommandFailed(command, f"cannot take the lease: {redact_text(str(exc))}"))
+                return
+            if not mine:
+                log.warning("drain called off: another controller holds the worker's lease", worker=command.hostname)
+                await self._send.send(LeaseDeniedIn(command.hostname))
+                return
         try:
             results = await control.call_many(
                 [(method, {"queue": q}) for q in command.queues], [command.hostname], timeout_s=timeout

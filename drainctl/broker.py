@@ -299,6 +299,42 @@ class _Collector:
         return ControlResult(method, dict(self.replies), missing)
 
 
+class Leases:
+    """One controller at a time acts on a worker (DESIGN §6): the lease is an exclusive queue
+    `drainctl.lock.<hostname>`, held by this controller's connection — released when the drain ends,
+    and by RabbitMQ itself when the connection dies, so a crashed controller blocks nobody."""
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self._connection = connection
+        self._channel: AbstractChannel | None = None
+        self.held: set[str] = set()
+
+    @staticmethod
+    def queue_name(hostname: str) -> str:
+        return f"drainctl.lock.{hostname}"
+
+    async def acquire(self, hostname: str) -> bool:
+        """True if this controller holds (or now took) the lease; False if another controller does."""
+        if hostname in self.held:
+            return True
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel()
+        try:
+            await self._channel.declare_queue(self.queue_name(hostname), exclusive=True, auto_delete=True)
+        except aiormq.exceptions.ChannelLockedResource:
+            self._channel = None  # the refusal closed the channel
+            return False
+        self.held.add(hostname)
+        return True
+
+    async def release(self, hostname: str) -> None:
+        if hostname not in self.held:
+            return
+        self.held.discard(hostname)
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.queue_delete(self.queue_name(hostname))
+
+
 RECONCILE_METHODS: Final = ("clock", "active", "reserved", "scheduled", "active_queues")
 
 

@@ -403,6 +403,13 @@ class DrainBook:
             cluster.set_queues(hostname, tuple(set(worker.queues or ()) | set(drain.queues)))
         return [AddConsumers(hostname, drain.queues)]
 
+    def abandon(self, hostname: str, now: float, reason: str) -> list[Notice]:
+        """Give a drain up without touching the worker (another controller is acting on it)."""
+        drain = self.active.get(hostname)
+        if drain is None:
+            return []
+        return self._finish(drain, Outcome.CANCELLED, now, reason)
+
     # ------------------------------------------------------------------ helpers
     def _enter(self, drain: Drain, phase: Phase, now: float) -> None:
         drain.phase = phase

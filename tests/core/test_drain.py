@@ -326,3 +326,14 @@ def test_worker_with_no_queues_skips_cancelling() -> None:
     book = DrainBook()
     assert started(cluster, book) == []
     assert book.get(A).phase is Phase.WAITING  # type: ignore[union-attr]
+
+
+def test_abandon_gives_the_drain_up_without_touching_the_worker() -> None:
+    cluster = fleet((A, ("q",)), (B, ("q",)))
+    book = DrainBook()
+    started(cluster, book)
+    notices = book.abandon(A, 1, "another controller holds the lease")
+    assert [n.kind for n in notices] == ["drain-cancelled"]
+    assert book.get(A).outcome is Outcome.CANCELLED  # type: ignore[union-attr]
+    assert cluster.worker(A).queues == ("q",)  # type: ignore[union-attr]
+    assert book.abandon(A, 2, "again") == []

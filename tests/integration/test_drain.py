@@ -200,3 +200,28 @@ async def test_concurrent_drains_of_a_queues_last_two_consumers_refuse_the_secon
             assert await anyio.to_thread.run_sync(first.wait, 30) == 0
         finally:
             await runner.cleanup()
+
+
+async def test_two_controllers_never_act_on_one_worker(
+    broker_url: str, celery_worker: Any, celery_app: Celery, tmp_path: Path
+) -> None:
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    target = await anyio.to_thread.run_sync(partial(celery_worker, "leased", queues=[queue]))
+    await anyio.to_thread.run_sync(partial(celery_worker, "spare", queues=[queue]))
+    async with controller_with_runtime(broker_url, tmp_path / "a") as first, \
+            controller_with_runtime(broker_url, tmp_path / "b") as second:
+        host = target.hostname
+        for ctl in (first, second):
+            await ctl.wait_for(lambda c=ctl: (w := c.cluster.worker(host)) is not None  # type: ignore[misc]
+                               and w.queues == (queue,), 20)
+        task = await send(celery_app, queue, 4)
+        await first.wait_for(lambda: task in held(first, host, TaskState.RUNNING)
+                             or task in held(first, f"spare@{host.split('@')[1]}", TaskState.RUNNING), 20)
+        drain_a = await first.request_drain(host, force=True)
+        await first.wait_for(lambda: host in (first.leases.held if first.leases else set()), 10)
+        drain_b = await second.request_drain(host, force=True)
+        await second.wait_for(lambda: not drain_b.active, 10)
+        assert drain_b.outcome is Outcome.CANCELLED and "lease" in drain_b.detail
+        await first.wait_for(lambda: not drain_a.active, 30)
+        assert drain_a.outcome is Outcome.SHUTDOWN_REQUESTED, drain_a.detail
+        await first.wait_for(lambda: not (first.leases and first.leases.held), 10)
