@@ -268,6 +268,7 @@ class Controller:
         )
         self.control: broker.ControlClient | None = None
         self.leases: broker.Leases | None = None
+        self._taking: set[str] = set()
         # Set once the start-up reconcile has been merged: the model is complete from then on.
         self.synced = anyio.Event()
         send, receive = anyio.create_memory_object_stream[Input](INBOX_SIZE)
@@ -479,10 +480,6 @@ class Controller:
                     if self.journal is not None:
                         self.journal.forget(item.hostname)
                 elif isinstance(item, BrokerUp):
-                    if self.leases is not None and self._tg is not None:
-                        # Leases died with the old connection: take them again for the drains under way.
-                        for hostname in sorted(self.drains.active):
-                            self._tg.start_soon(self._retake_lease, self.leases, hostname)
                     if item.first:
                         commands.append(Reconcile(None, "startup"))
                     else:
@@ -507,7 +504,7 @@ class Controller:
                     self._log_notice(notice)
                 for command in commands:
                     self._execute(command)
-                self._release_leases()
+                self._sync_leases()
                 changed, self._changed = self._changed, anyio.Event()
                 changed.set()
 
@@ -753,19 +750,26 @@ class Controller:
             tasks = tuple(sorted({str(t).split(" ", 1)[0] for t in reply if isinstance(t, str)}))
         await self._send.send(RegisteredIn(command.hostname, tasks))
 
-    def _release_leases(self) -> None:
+    def _sync_leases(self) -> None:
+        """Hold a lease exactly for the drains under way (resumed ones and those after a reconnect too)."""
         leases = self.leases
         if leases is None or self._tg is None:
             return
-        for hostname in leases.held - set(self.drains.active):
+        active = set(self.drains.active)
+        for hostname in leases.held - active:
             self._tg.start_soon(self._release_lease, leases, hostname)
+        for hostname in active - leases.held - self._taking:
+            self._taking.add(hostname)
+            self._tg.start_soon(self._retake_lease, leases, hostname)
 
     async def _retake_lease(self, leases: broker.Leases, hostname: str) -> None:
         try:
             mine = await leases.acquire(hostname)
-        except Exception as exc:
-            log.info("lease not retaken", worker=hostname, error=redact_text(str(exc)))
-            return
+        except Exception as exc:  # the connection is going: the reconnect takes it again
+            log.info("lease not taken", worker=hostname, error=redact_text(str(exc)))
+            mine = True
+        finally:
+            self._taking.discard(hostname)
         if not mine:
             await self._send.send(LeaseDeniedIn(hostname))
 
