@@ -364,3 +364,39 @@ def rollback(pool: str, version: str | None, url: str) -> None:
         _fail(exc)
         return
     click.echo(f"pool {result['pool']} rolling back to {result['version']} (pinned until the config changes)")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--broker", "broker_url", metavar="URL",
+              help="RabbitMQ URL (default: DRAINCTL_BROKER_URL). Prefer the variable: argv is visible to all users.")
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Longest wait for the drain; past it the worker gets SIGTERM with what it still holds.")
+@click.option("--reply-timeout", "reply_timeout_s", type=click.FloatRange(min=0, min_open=True), default=2.0,
+              show_default=True, metavar="S", help="Deadline for the worker's remote-control replies.")
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def entrypoint(broker_url: str | None, grace_s: float | None, reply_timeout_s: float, log_format: str,
+               log_level: str, command: tuple[str, ...]) -> None:
+    """Run a Celery worker command as a child (e.g. as a container's PID 1) and drain it on SIGTERM.
+
+    drainctl entrypoint -- celery -A proj worker -n w1@%h -Q default
+
+    Other signals pass through; the exit code is the worker's. See docs/entrypoint.md.
+    """
+    import os
+
+    from drainctl import entrypoint as entry
+
+    logs.configure(log_format, log_level)
+    url = broker_url or os.environ.get("DRAINCTL_BROKER_URL")
+    if not url:
+        click.echo("drainctl: no broker URL: set DRAINCTL_BROKER_URL (or --broker)", err=True)
+        sys.exit(2)
+    try:
+        code = entry.main(command, url, grace_s=grace_s, reply_timeout_s=reply_timeout_s)
+    except ValueError as exc:
+        click.echo(f"drainctl: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)
