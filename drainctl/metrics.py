@@ -1,7 +1,15 @@
-"""Prometheus collectors that read the model at scrape time: a worker that leaves the model leaves /metrics."""
+"""Prometheus collectors that read the model at scrape time: a worker that leaves the model leaves /metrics.
+
+Conventions (DESIGN §4, docs/observability.md): prefix ``drainctl_``, base units (seconds, bytes), counters
+end in ``_total`` and exist from the first scrape at zero for every label value known in advance (every
+outcome, reason and event type; every configured pool), so ``increase()`` and ``rate()`` in alert rules see
+the first increment. Labels are bounded: pool, version, worker hostname, state, outcome, reason, type — never a
+task id or anything an API caller chooses (``requested_by`` is free text and stays out of labels).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
@@ -9,9 +17,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from drainctl.app import Controller
-from drainctl.core.drain import DURATION_BUCKETS
+from drainctl.core.drain import DURATION_BUCKETS, Outcome
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES
 from drainctl.core.model import WorkerState
+from drainctl.core.rollout import Fleet
 from drainctl.core.snapshot import TaskState
 
 MALFORMED_REASONS = (
@@ -21,21 +30,67 @@ MALFORMED_REASONS = (
 RECONCILE_REASONS = (
     "startup", "worker-online", "worker-heartbeat", "reconnect", "heartbeat-active-mismatch", "events-enabled",
 )
+ROLLOUT_OUTCOMES = ("succeeded", "failed", "superseded")
+RELOAD_OUTCOMES = ("applied", "rejected")
+POOL_WORKER_STATUSES = ("starting", "ready", "draining", "failed")
+
+
+class RolloutTally:
+    """Per-pool rollout counters, kept by watching rollout ids go by in the fleet.
+
+    The core counts finished rollouts by outcome only (``Fleet.rollout_outcomes``); its history is a bounded
+    deque, so counts derived from it directly would fall when it wraps. This tally counts each rollout id
+    once, when first seen under way (started) and when first seen finished (outcome), and forgets an id once
+    it has left the history (it never comes back). Exact as long as fewer than ``history`` (100) rollouts
+    finish between two scrapes.
+    """
+
+    def __init__(self) -> None:
+        self.started: Counter[str] = Counter()
+        self.finished: Counter[tuple[str, str]] = Counter()
+        self._started_ids: set[str] = set()
+        self._finished_ids: set[str] = set()
+
+    def update(self, fleet: Fleet) -> None:
+        live: set[str] = set()
+        for rollout in (*fleet.rollouts.values(), *fleet.history):
+            live.add(rollout.id)
+            if rollout.id not in self._started_ids:
+                self._started_ids.add(rollout.id)
+                self.started[rollout.pool] += 1
+            if rollout.outcome is not None and rollout.id not in self._finished_ids:
+                self._finished_ids.add(rollout.id)
+                self.finished[(rollout.pool, rollout.outcome)] += 1
+        self._started_ids &= live
+        self._finished_ids &= live
 
 
 class ModelCollector(Collector):
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
+        self.rollouts = RolloutTally()
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._workers()
+        yield from self._events()
+        yield from self._drains()
+        yield from self._pools()
+        yield from self._controller()
+
+    # ------------------------------------------------------------------ workers and their tasks
+    def _workers(self) -> Iterator[Metric]:
         controller = self.controller
         cluster = controller.cluster
-        stats = controller.stats
+        members = controller.fleet.members
         now = controller.clock()
 
-        workers = GaugeMetricFamily("drainctl_workers", "Workers known to the model, by state.", labels=["state"])
-        by_state = {s.value: 0 for s in WorkerState}
-        collisions = 0
+        workers = GaugeMetricFamily(
+            "drainctl_workers",
+            "Workers in the event model, by state (online; offline: a warm shutdown has started; silent: "
+            "heartbeats overdue), with their pool and version (empty for workers drainctl does not run).",
+            labels=["pool", "version", "state"],
+        )
+        by_state: Counter[tuple[str, str, str]] = Counter({("", "", s.value): 0 for s in WorkerState})
         tasks = GaugeMetricFamily(
             "drainctl_worker_tasks",
             "Tasks a worker holds, by state: running, reserved (prefetched) or scheduled (ETA).",
@@ -45,11 +100,19 @@ class ModelCollector(Collector):
             "drainctl_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=["hostname"]
         )
         info = GaugeMetricFamily(
-            "drainctl_worker_info", "Static facts about a worker (value is always 1).",
+            "drainctl_worker_info", "Facts about a worker in the model (value is always 1).",
             labels=["hostname", "state", "celery_version", "task_events"],
         )
+        collision = GaugeMetricFamily(
+            "drainctl_worker_hostname_collision",
+            "1 while more than one live process speaks under this worker's hostname (drains refused).",
+            labels=["hostname"],
+        )
+        collisions = 0
         for worker in cluster:
-            by_state[worker.state.value] += 1
+            member = members.get(worker.hostname)
+            pool, version = (member.pool, member.version) if member is not None else ("", "")
+            by_state[(pool, version, worker.state.value)] += 1
             collisions += worker.collision
             counts = {s: 0 for s in TaskState}
             for task in worker.tasks.values():
@@ -59,12 +122,14 @@ class ModelCollector(Collector):
             if worker.last_heartbeat is not None:
                 age.add_metric([worker.hostname], max(0.0, now - worker.last_heartbeat))
             info.add_metric([worker.hostname, worker.state.value, worker.sw_ver or "", worker.task_events.value], 1)
-        for state_name, count in by_state.items():
-            workers.add_metric([state_name], count)
+            collision.add_metric([worker.hostname], int(worker.collision))
+        for labels, count in sorted(by_state.items()):
+            workers.add_metric(list(labels), count)
         yield workers
         yield tasks
         yield age
         yield info
+        yield collision
         yield GaugeMetricFamily(
             "drainctl_hostname_collisions", "Hostnames used by more than one live worker process.", value=collisions
         )
@@ -73,47 +138,77 @@ class ModelCollector(Collector):
             value=cluster.in_flight(),
         )
 
-        by_type = CounterMetricFamily(
-            "drainctl_task_events", "Celery events consumed, by type.", labels=["type"]
+    # ------------------------------------------------------------------ event ingestion
+    def _events(self) -> Iterator[Metric]:
+        controller = self.controller
+        cluster = controller.cluster
+        stats = controller.stats
+
+        task_events = CounterMetricFamily(
+            "drainctl_task_events_total", "Celery task events (task-*) applied to the model, by type.",
+            labels=["type"],
         )
-        for etype in sorted(TASK_EVENT_TYPES | WORKER_EVENT_TYPES):
-            by_type.add_metric([etype], cluster.events_by_type.get(etype, 0))
-        yield by_type
-        yield CounterMetricFamily("drainctl_events_consumed", "Events decoded from the event queue.",
+        for etype in sorted(TASK_EVENT_TYPES):
+            task_events.add_metric([etype], cluster.events_by_type.get(etype, 0))
+        yield task_events
+        worker_events = CounterMetricFamily(
+            "drainctl_worker_events_total", "Celery worker events (worker-*) applied to the model, by type.",
+            labels=["type"],
+        )
+        for etype in sorted(WORKER_EVENT_TYPES):
+            worker_events.add_metric([etype], cluster.events_by_type.get(etype, 0))
+        yield worker_events
+        yield CounterMetricFamily("drainctl_events_consumed_total", "Events decoded from the event queue.",
                                   value=stats.events)
-        yield CounterMetricFamily("drainctl_event_messages_consumed", "AMQP messages consumed from the event queue.",
+        yield CounterMetricFamily("drainctl_event_messages_consumed_total",
+                                  "AMQP messages consumed from the event queue (one may carry many events).",
                                   value=stats.messages)
+        yield CounterMetricFamily("drainctl_event_consumed_bytes_total",
+                                  "Bytes of message bodies consumed from the event queue.", value=stats.bytes)
         malformed = CounterMetricFamily(
-            "drainctl_events_malformed", "Event messages or list items rejected, by reason.", labels=["reason"]
+            "drainctl_events_malformed_total", "Event messages or list items rejected as malformed, by reason.",
+            labels=["reason"],
         )
         for reason in sorted(set(MALFORMED_REASONS) | stats.malformed.keys()):
             malformed.add_metric([reason], stats.malformed.get(reason, 0))
         yield malformed
         yield CounterMetricFamily(
-            "drainctl_events_dropped", "Events pushed out of the full event queue (x-max-length) and dead-lettered.",
+            "drainctl_events_dropped_total",
+            "Events pushed out of the full event queue (x-max-length, drop-head) and dead-lettered: never applied.",
             value=stats.dropped,
         )
         yield CounterMetricFamily(
-            "drainctl_late_events", "Task events ignored as older than what the model knows.",
+            "drainctl_late_events_total", "Task events ignored as older than what the model knows.",
             value=cluster.late_events,
         )
+        # Before the first event: the start time, so "seconds since the last event" stays meaningful.
+        last = stats.last_event_wall if stats.last_event_wall is not None else stats.started_wall
+        yield GaugeMetricFamily(
+            "drainctl_last_event_timestamp_seconds",
+            "Unix time of the last event consumed (the controller's start time until the first one).",
+            value=last,
+        )
         reconciles = CounterMetricFamily(
-            "drainctl_reconciles", "Reconciles (inspect of what workers hold) merged, by reason.", labels=["reason"]
+            "drainctl_reconciles_total", "Reconciles (inspect of what workers hold) merged, by reason.",
+            labels=["reason"],
         )
         for reason in sorted(set(RECONCILE_REASONS) | stats.reconciles.keys()):
             reconciles.add_metric([reason], stats.reconciles.get(reason, 0))
         yield reconciles
-        yield GaugeMetricFamily("drainctl_broker_connected", "1 while connected to RabbitMQ.",
-                                value=int(stats.connected))
-        yield CounterMetricFamily("drainctl_broker_connects", "Successful connections to RabbitMQ.",
-                                  value=stats.connects)
-        if stats.last_event_wall is not None:
-            yield GaugeMetricFamily("drainctl_last_event_timestamp_seconds",
-                                    "Unix time of the last event consumed.", value=stats.last_event_wall)
-        drains = controller.drains
-        yield CounterMetricFamily("drainctl_drains_started", "Drains started.", value=drains.started_total)
-        finished = CounterMetricFamily("drainctl_drains_finished", "Drains finished, by outcome.", labels=["outcome"])
-        for outcome, count in sorted(drains.outcomes.items()):
+        yield CounterMetricFamily(
+            "drainctl_reconciles_unanswered_total",
+            "Targeted reconciles the worker did not answer in time (what it holds stays unknown, not empty).",
+            value=stats.reconcile_no_reply,
+        )
+
+    # ------------------------------------------------------------------ drains
+    def _drains(self) -> Iterator[Metric]:
+        drains = self.controller.drains
+        yield CounterMetricFamily("drainctl_drains_started_total", "Drains started.", value=drains.started_total)
+        finished = CounterMetricFamily("drainctl_drains_finished_total", "Drains finished, by outcome.",
+                                       labels=["outcome"])
+        outcomes = dict.fromkeys((o.value for o in Outcome), 0) | drains.outcomes
+        for outcome, count in sorted(outcomes.items()):
             finished.add_metric([outcome], count)
         yield finished
         yield GaugeMetricFamily("drainctl_drains_in_progress", "Drains under way.", value=len(drains.active))
@@ -124,40 +219,78 @@ class ModelCollector(Collector):
         for bound, count in zip((*map(str, DURATION_BUCKETS), "+Inf"), drains.duration_buckets, strict=True):
             cumulative += count
             buckets.append((bound, cumulative))
-        yield HistogramMetricFamily("drainctl_drain_duration_seconds", "Time from drain start to its outcome.",
+        yield HistogramMetricFamily("drainctl_drain_duration_seconds", "Time from a drain's start to its outcome.",
                                     buckets=buckets, sum_value=drains.duration_sum)
+
+    # ------------------------------------------------------------------ pools and rollouts
+    def _pools(self) -> Iterator[Metric]:
+        controller = self.controller
         fleet = controller.fleet
+        drains = controller.drains
+        pools = sorted(controller.pool_targets)
+
         pool_workers = GaugeMetricFamily(
-            "drainctl_pool_workers", "Workers of each pool drainctl runs, by version and status.",
+            "drainctl_pool_workers",
+            "Workers of each pool drainctl runs, by version and status (starting, ready, draining, failed).",
             labels=["pool", "version", "status"])
-        for name in sorted(controller.pool_targets):
-            by_status: dict[tuple[str, str], int] = {}
+        replicas = GaugeMetricFamily("drainctl_pool_replicas", "Workers the configuration asks of each pool.",
+                                     labels=["pool"])
+        for name in pools:
+            target = controller.pool_targets[name]
+            replicas.add_metric([name], target.replicas)
+            by_status: Counter[tuple[str, str]] = Counter(
+                {(fleet.target(target), status): 0 for status in POOL_WORKER_STATUSES})
             for member in fleet.of_pool(name):
                 status = ("failed" if member.failed else "draining" if member.hostname in drains.active
                           else "ready" if member.ready_at is not None else "starting")
-                by_status[(member.version, status)] = by_status.get((member.version, status), 0) + 1
+                by_status[(member.version, status)] += 1
             for (version, status), count in sorted(by_status.items()):
                 pool_workers.add_metric([name, version, status], count)
         yield pool_workers
-        rollouts = CounterMetricFamily("drainctl_rollouts", "Rollouts finished, by outcome.", labels=["outcome"])
-        for outcome in ("succeeded", "failed", "superseded"):
-            rollouts.add_metric([outcome], fleet.rollout_outcomes.get(outcome, 0))
-        yield rollouts
+        yield replicas
+
+        tally = self.rollouts
+        tally.update(fleet)
+        known = sorted(set(pools) | set(tally.started) | {pool for pool, _ in tally.finished})
+        started = CounterMetricFamily("drainctl_rollouts_started_total", "Rollouts started, by pool.",
+                                      labels=["pool"])
+        finished = CounterMetricFamily(
+            "drainctl_rollouts_finished_total",
+            "Rollouts finished, by pool and outcome (succeeded, failed, superseded).", labels=["pool", "outcome"])
+        for name in known:
+            started.add_metric([name], tally.started.get(name, 0))
+            for outcome in sorted(set(ROLLOUT_OUTCOMES) | {o for p, o in tally.finished if p == name}):
+                finished.add_metric([name, outcome], tally.finished.get((name, outcome), 0))
+        yield started
+        yield finished
         in_progress = GaugeMetricFamily("drainctl_rollouts_in_progress", "Rollouts under way, by pool.",
                                         labels=["pool"])
-        pinned = GaugeMetricFamily("drainctl_pool_pinned", "1 while a pool is pinned (failed rollout, rollback).",
-                                   labels=["pool"])
-        for name, target in sorted(controller.pool_targets.items()):
+        pinned = GaugeMetricFamily(
+            "drainctl_pool_pinned", "1 while a pool is pinned to an older version (failed rollout, rollback).",
+            labels=["pool"])
+        for name in pools:
+            target = controller.pool_targets[name]
             in_progress.add_metric([name], int(name in fleet.rollouts))
             pin = fleet.pins.get(name)
             pinned.add_metric([name], int(pin is not None and pin.config_version == target.version))
         yield in_progress
         yield pinned
-        reloads = CounterMetricFamily("drainctl_config_reloads", "Configuration reloads, by outcome.",
+
+    # ------------------------------------------------------------------ the controller itself
+    def _controller(self) -> Iterator[Metric]:
+        controller = self.controller
+        stats = controller.stats
+        reloads = CounterMetricFamily("drainctl_config_reloads_total", "Configuration reloads, by outcome.",
                                       labels=["outcome"])
-        for outcome, count in sorted(controller.reloads.items()):
+        for outcome, count in sorted((dict.fromkeys(RELOAD_OUTCOMES, 0) | controller.reloads).items()):
             reloads.add_metric([outcome], count)
         yield reloads
+        yield GaugeMetricFamily("drainctl_broker_connected", "1 while connected to RabbitMQ.",
+                                value=int(stats.connected))
+        yield CounterMetricFamily("drainctl_broker_connects_total", "Successful connections to RabbitMQ.",
+                                  value=stats.connects)
+        yield GaugeMetricFamily("drainctl_synced", "1 once the start-up reconcile was merged (the model is complete).",
+                                value=int(controller.synced.is_set()))
         yield GaugeMetricFamily("drainctl_start_time_seconds", "Unix time the controller started.",
                                 value=stats.started_wall)
 
