@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -225,3 +226,45 @@ async def test_two_controllers_never_act_on_one_worker(
         await first.wait_for(lambda: not drain_a.active, 30)
         assert drain_a.outcome is Outcome.SHUTDOWN_REQUESTED, drain_a.detail
         await first.wait_for(lambda: not (first.leases and first.leases.held), 10)
+
+
+async def test_a_worker_killed_while_draining_ends_lost_with_exactly_the_tasks_it_held(
+    broker_url: str, celery_worker: Any, celery_app: Celery, tmp_path: Path
+) -> None:
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    records = tmp_path / "records"
+    records.mkdir()
+    async with controller_with_runtime(broker_url, tmp_path / "state") as ctl:
+        spec = worker_spec("doomed", queue, broker_url, records)
+        handle = await ctl.start_worker(spec)
+        host = spec.hostname
+        await ctl.wait_for(lambda: (w := ctl.cluster.worker(host)) is not None and w.queues == (queue,), 60)
+        running = await send(celery_app, queue, 8)
+        prefetched = await send(celery_app, queue, 0.5)
+        await ctl.wait_for(lambda: held(ctl, host, TaskState.RUNNING) == {running}
+                           and held(ctl, host, TaskState.RESERVED) == {prefetched}, 20)
+        other = await anyio.to_thread.run_sync(partial(celery_worker, "survivor", queues=[queue], record_dir=records))
+        await ctl.wait_for(lambda: (w := ctl.cluster.worker(other.hostname)) is not None and w.queues == (queue,), 20)
+        drain = await ctl.request_drain(host)
+        await ctl.wait_for(lambda: drain.phase.value == "waiting", 10)
+        os.killpg(int(handle.ref), signal.SIGKILL)
+        await ctl.wait_for(lambda: not drain.active, 30)
+        assert drain.outcome is Outcome.LOST
+        assert set(drain.lost_tasks) == {running, prefetched}
+        assert running in drain.detail and "acks-early" in drain.detail
+        # Celery itself loses the running (acks-early) task; the prefetched one was never acked and
+        # comes back to the queue, where the survivor runs it.
+        seen: set[str] = set()
+
+        def survivor_ran_it() -> bool:
+            worker = ctl.cluster.worker(other.hostname)
+            if worker is not None and prefetched in worker.tasks:
+                seen.add(prefetched)
+                return False
+            return bool(seen)
+
+        await ctl.wait_for(survivor_ran_it, 30)
+    runs = read_records(records)
+    assert [(r["event"], r["hostname"]) for r in runs if r["uuid"] == running] == [("start", host)]
+    assert [(r["event"], r["hostname"]) for r in runs if r["uuid"] == prefetched] == [
+        ("start", other.hostname), ("end", other.hostname)]
