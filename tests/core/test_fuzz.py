@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
@@ -11,6 +12,9 @@ from hypothesis import strategies as st
 from drainctl.core.events import MalformedEventError, decode_message, parse_event
 from drainctl.core.model import Cluster
 from drainctl.core.snapshot import build_snapshot
+
+# CI runs 10k generated inputs; `DRAINCTL_FUZZ_SCALE=10` (the long run, 100k) or more for a soak.
+SCALE = int(os.environ.get("DRAINCTL_FUZZ_SCALE", "1"))
 
 json_scalars = st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=50)
 json_values = st.recursive(
@@ -35,14 +39,14 @@ events = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=3000 * SCALE, deadline=None)
 @given(st.binary(max_size=300), st.sampled_from(["application/json", "text/plain", None, ""]))
 def test_decoder_never_raises_on_bytes(body: bytes, content_type: str | None) -> None:
     decoded = decode_message(body, content_type)
     assert len(decoded.events) + len(decoded.rejections) >= 1 or body.strip() in (b"[]",)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=3000 * SCALE, deadline=None)
 @given(json_values)
 def test_decoder_rejects_any_json_value_cleanly(value: Any) -> None:
     decoded = decode_message(orjson.dumps(value))
@@ -50,7 +54,7 @@ def test_decoder_rejects_any_json_value_cleanly(value: Any) -> None:
         assert rejection.reason and len(rejection.detail) < 300
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=2000 * SCALE, deadline=None)
 @given(st.lists(events, max_size=40), st.lists(st.floats(min_value=0, max_value=100), max_size=5))
 def test_model_stays_consistent_under_any_event_order(raws: list[dict[str, Any]], ticks: list[float]) -> None:
     cluster = Cluster(silent_after_s=5, offline_retention_s=1)
@@ -69,7 +73,7 @@ def test_model_stays_consistent_under_any_event_order(raws: list[dict[str, Any]]
     assert cluster.in_flight() == sum(len(w.tasks) for w in cluster)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=2000 * SCALE, deadline=None)
 @given(st.dictionaries(st.sampled_from(["clock", "active", "reserved", "scheduled", "active_queues"]),
                        json_values, max_size=5))
 def test_snapshot_merge_accepts_any_reply(replies: dict[str, Any]) -> None:

@@ -1,0 +1,105 @@
+"""The HTTP API's guards, against a real controller whose broker is unreachable (no RabbitMQ needed)."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, redirect_stderr
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+
+from drainctl import config, http, logs
+from drainctl.app import Controller
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "s3cr3t-" + uuid.uuid4().hex
+TOKEN = "token-" + uuid.uuid4().hex
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def api(tmp_path: Path, token: str | None) -> AsyncIterator[str]:
+    settings = config.from_mapping({"controller": {"id": "sec", "state_dir": str(tmp_path)},
+                                    "broker": {"reconnect_max_backoff_s": 0.5}})
+    ctl = Controller(settings, f"amqp://admin:{SECRET}@127.0.0.1:{closed_port()}//")
+    async with anyio.create_task_group() as tg:
+        await tg.start(ctl.run)
+        runner = await http.start(ctl, "127.0.0.1", 0, token)
+        try:
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        finally:
+            await runner.cleanup()
+            tg.cancel_scope.cancel()
+
+
+async def post(url: str, body: bytes, token: str | None) -> tuple[int, dict[str, object]]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as response:
+        text = await response.text()
+        return response.status, json.loads(text) if text.startswith("{") else {"raw": text}
+
+
+@pytest.mark.parametrize("path", ["/drain", "/rollout", "/rollback"])
+async def test_mutating_calls_need_the_right_bearer_token(tmp_path: Path, path: str) -> None:
+    async with api(tmp_path, TOKEN) as base:
+        assert (await post(base + path, b"{}", None))[0] == 401
+        assert (await post(base + path, b"{}", "wrong"))[0] == 401
+        assert (await post(base + path, b"{}", TOKEN[:-1]))[0] == 401
+    async with api(tmp_path, None) as base:
+        status, body = await post(base + path, b"{}", TOKEN)
+        assert status == 403 and "DRAINCTL_API_TOKEN" in str(body["error"])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"not json", 400, "invalid request body"),
+        (b'{"hostname": ""}', 400, "hostname"),
+        (b'{"hostname": "a@b", "force": "yes please"}', 400, "force"),
+        (b'{"hostname": "a@b", "shell": "rm -rf /"}', 400, "shell"),
+        (b'{"hostname": "a@b", "deadline_s": -1}', 400, "deadline_s"),
+        (b'{"hostname": "' + b"x" * 40_000 + b'"}', 413, ""),
+        (b'{"hostname": "nobody@nowhere"}', 409, "unknown worker"),
+    ],
+)
+async def test_drain_bodies_are_limited_and_validated(tmp_path: Path, body: bytes, status: int, fragment: str) -> None:
+    async with api(tmp_path, TOKEN) as base:
+        got, document = await post(base + "/drain", body, TOKEN)
+        assert got == status, document
+        assert fragment in json.dumps(document)
+
+
+async def test_secrets_appear_in_no_status_metric_log_or_error(tmp_path: Path) -> None:
+    captured = io.StringIO()
+    with redirect_stderr(captured):
+        logs.configure("json", "debug")
+        async with api(tmp_path, TOKEN) as base, aiohttp.ClientSession() as session:
+            await anyio.sleep(1.5)  # a few failed connection attempts get logged
+            texts = []
+            for path in ("/status", "/metrics", "/healthz"):
+                async with session.get(base + path) as response:
+                    texts.append(await response.text())
+            texts.append(json.dumps(await post(base + "/drain", b'{"hostname": "x@y"}', TOKEN)))
+    output = captured.getvalue()
+    assert "cannot connect to amqp://admin:***@127.0.0.1" in output
+    for text in (*texts, output):
+        assert SECRET not in text
+        assert TOKEN not in text
+
+
+def test_the_api_listens_on_loopback_unless_told_otherwise() -> None:
+    assert config.load(None).http.listen.startswith("127.0.0.1:")
