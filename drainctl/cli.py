@@ -23,6 +23,7 @@ import structlog
 
 from drainctl import __version__, config, logs
 from drainctl.errors import ApiError, ConfigError, DrainctlError
+from drainctl.redact import redact_text
 
 DEFAULT_URL = "http://127.0.0.1:9540"
 
@@ -47,6 +48,8 @@ def run(config_path: Path | None, broker_url: str | None, http_listen: str | Non
         log_format: str, log_level: str) -> None:
     """Run the controller: consume Celery events, keep the live model, serve the API."""
     logs.configure(log_format, log_level)
+    if broker_url is not None and redact_text(broker_url) != broker_url:
+        _hide_secrets_from_argv()
     try:
         settings = config.load(config_path)
         overrides: dict[str, Any] = {}
@@ -69,6 +72,15 @@ def run(config_path: Path | None, broker_url: str | None, http_listen: str | Non
     except DrainctlError as exc:
         click.echo(f"drainctl: {exc}", err=True)
         sys.exit(1)
+
+
+def _hide_secrets_from_argv() -> None:
+    """A password in --broker would be readable by every user in `ps`: rewrite the process title."""
+    import setproctitle
+
+    setproctitle.setproctitle(" ".join(redact_text(arg) for arg in sys.argv))
+    structlog.get_logger("drainctl").warning(
+        "a broker URL with a password was given in argv: prefer DRAINCTL_BROKER_URL or [broker] url_file")
 
 
 async def _reload(controller: Any, log: Any) -> None:

@@ -103,3 +103,34 @@ async def test_secrets_appear_in_no_status_metric_log_or_error(tmp_path: Path) -
 
 def test_the_api_listens_on_loopback_unless_told_otherwise() -> None:
     assert config.load(None).http.listen.startswith("127.0.0.1:")
+
+
+def test_a_password_given_in_argv_leaves_the_process_title(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = closed_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drainctl", "run", "--broker", f"amqp://admin:{SECRET}@127.0.0.1:{closed_port()}//",
+         "--http", f"127.0.0.1:{port}", "--controller-id", "argv"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until the API answers (503: no broker), bounded
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "drainctl run did not come up"
+                time.sleep(0.1)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert SECRET not in cmdline
+        assert "amqp://admin:***@127.0.0.1" in cmdline
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0].decode(errors="replace")
+    assert SECRET not in output
+    assert "prefer DRAINCTL_BROKER_URL" in output
