@@ -85,13 +85,15 @@ async def running(harness: PoolHarness) -> AsyncIterator[Controller]:
     settings = harness.settings()
     ctl = Controller(settings, harness.broker_url, runtime=ProcessRuntime(harness.state_dir, harness.controller_id),
                      config_path=harness.path)
-    async with synced(ctl):
-        yield ctl
-    # Workers outlive the controller on purpose; the test stops them.
-    runtime = ProcessRuntime(harness.state_dir, harness.controller_id)
-    with anyio.move_on_after(60, shield=True):
-        for handle in await runtime.adopt():
-            await runtime.stop(handle, 20)
+    try:
+        async with synced(ctl):
+            yield ctl
+    finally:
+        # Workers outlive the controller on purpose; the test stops them, whatever happened.
+        runtime = ProcessRuntime(harness.state_dir, harness.controller_id)
+        with anyio.move_on_after(60, shield=True):
+            for handle in await runtime.adopt():
+                await runtime.stop(handle, 20)
 
 
 def pool_at(ctl: Controller, version: str) -> bool:
