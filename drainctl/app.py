@@ -11,7 +11,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -43,8 +43,31 @@ from drainctl.core.drain import CONFIRM_REASON, Drain, DrainBook, DrainPolicy, D
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Decoded
 from drainctl.core.model import Cluster, Notice
 from drainctl.core.rollout import Fleet, PoolTarget
-from drainctl.core.snapshot import WorkerSnapshot, build_snapshot, parse_queues
+from drainctl.core.snapshot import build_snapshot, parse_queues
 from drainctl.errors import BrokerUnavailableError, DrainctlError
+from drainctl.inputs import (
+    Answer,
+    BrokerDown,
+    BrokerUp,
+    CancelRepliedIn,
+    CommandFailed,
+    DrainRequested,
+    DroppedIn,
+    EventsEnabledIn,
+    EventsIn,
+    Input,
+    LeaseDeniedIn,
+    Pending,
+    QueuesRepliedIn,
+    RegisteredIn,
+    ReloadRequested,
+    RollbackRequested,
+    SnapshotsIn,
+    StartFailedIn,
+    Tick,
+    WorkerExitedIn,
+    WorkerStartedIn,
+)
 from drainctl.journal import Journal
 from drainctl.pools import spec_for, target_of
 from drainctl.redact import redact_text, redact_url
@@ -56,140 +79,6 @@ INBOX_SIZE: Final = 256
 # A worker first seen through one of these events is asked what it holds, unless a broadcast is asking.
 DISCOVERY_REASONS: Final = TASK_EVENT_TYPES | WORKER_EVENT_TYPES
 TICK_S: Final = 1.0
-
-
-# --------------------------------------------------------------------------- inputs
-
-@dataclass(frozen=True, slots=True)
-class EventsIn:
-    batch: Sequence[Decoded]
-    nbytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class DroppedIn:
-    events: int
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerUp:
-    first: bool
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerDown:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotsIn:
-    reason: str
-    target: str | None
-    snapshots: tuple[WorkerSnapshot, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class EventsEnabledIn:
-    hostname: str
-    enabled_now: bool | None  # None: no reply (unknown)
-
-
-@dataclass(frozen=True, slots=True)
-class CommandFailed:
-    command: Command
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRepliedIn:
-    hostname: str
-    # per queue: True ok, False error, None no reply (unknown)
-    replies: dict[str, bool | None]
-
-
-@dataclass(frozen=True, slots=True)
-class QueuesRepliedIn:
-    hostname: str
-    queues: tuple[str, ...] | None
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerExitedIn:
-    exited: Exited
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStartedIn:
-    handle: WorkerHandle
-
-
-class _Pending:
-    """A request from outside (HTTP) waiting for the reducer's answer."""
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.result: Drain | DrainRefused | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DrainRequested:
-    hostname: str
-    force: bool
-    policy: DrainPolicy
-    requested_by: str
-    pending: _Pending
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseDeniedIn:
-    hostname: str
-
-
-@dataclass(frozen=True, slots=True)
-class RegisteredIn:
-    hostname: str
-    tasks: tuple[str, ...] | None
-
-
-@dataclass(frozen=True, slots=True)
-class StartFailedIn:
-    hostname: str
-    error: str
-
-
-class _Answer:
-    """A request from outside (signal, HTTP) waiting for the reducer's verdict."""
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.error: str | None = None
-        self.detail: dict[str, Any] = {}
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadRequested:
-    requested_by: str
-    answer: _Answer
-
-
-@dataclass(frozen=True, slots=True)
-class RollbackRequested:
-    pool: str
-    version: str | None
-    requested_by: str
-    answer: _Answer
-
-
-Input = (
-    EventsIn | DroppedIn | BrokerUp | BrokerDown | SnapshotsIn | EventsEnabledIn | CommandFailed | Tick
-    | CancelRepliedIn | QueuesRepliedIn | WorkerExitedIn | WorkerStartedIn | DrainRequested
-    | RegisteredIn | StartFailedIn | ReloadRequested | RollbackRequested | LeaseDeniedIn
-)
 
 
 @dataclass(slots=True)
@@ -326,7 +215,7 @@ class Controller:
 
     async def reload(self, requested_by: str) -> dict[str, Any]:
         """Re-read the config file (SIGHUP, POST /rollout). An invalid file changes nothing."""
-        answer = _Answer()
+        answer = Answer()
         await self._send.send(ReloadRequested(requested_by, answer))
         await answer.done.wait()
         if answer.error is not None:
@@ -334,7 +223,7 @@ class Controller:
         return answer.detail
 
     async def rollback(self, pool: str, version: str | None, requested_by: str) -> dict[str, Any]:
-        answer = _Answer()
+        answer = Answer()
         await self._send.send(RollbackRequested(pool, version, requested_by, answer))
         await answer.done.wait()
         if answer.error is not None:
@@ -356,7 +245,7 @@ class Controller:
         self, hostname: str, *, force: bool = False, policy: DrainPolicy | None = None, requested_by: str = "api"
     ) -> Drain:
         """Start (or join) a drain. Raises DrainRefused with the reason."""
-        pending = _Pending()
+        pending = Pending()
         await self._send.send(DrainRequested(hostname, force, policy or DrainPolicy(), requested_by, pending))
         await pending.done.wait()
         if isinstance(pending.result, DrainRefused):
@@ -885,124 +774,3 @@ class Controller:
 
 def _word(reply: bool | None) -> str:
     return "unknown (no reply)" if reply is None else ("ok" if reply else "error")
-
-
-def drain_document(controller: Controller, drain: Drain) -> dict[str, Any]:
-    """One drain for /status and the drain API: its phase and exactly what it still waits for."""
-    now = controller.clock()
-    worker = controller.cluster.worker(drain.hostname)
-    waiting_for = []
-    if drain.active and worker is not None:
-        for uuid in drain.held:
-            task = worker.tasks.get(uuid)
-            if task is None:
-                continue
-            since = task.started_at if task.started_at is not None else task.received_at
-            waiting_for.append({"id": uuid, "name": task.name, "state": task.state.value,
-                                "age_s": round(now - since, 3)})
-    return {
-        "hostname": drain.hostname,
-        "phase": drain.phase.value,
-        "outcome": drain.outcome.value if drain.outcome is not None else None,
-        "detail": drain.detail,
-        "queues": list(drain.queues),
-        "managed": drain.managed,
-        "forced": drain.forced,
-        "requested_by": drain.requested_by,
-        "duration_s": round(drain.duration(now), 3),
-        "deadline_s": drain.policy.deadline_s,
-        "past_deadline": drain.past_deadline,
-        "escalated": drain.escalated,
-        "waiting_for": waiting_for,
-        "lost_tasks": list(drain.lost_tasks),
-        "reaction_s": drain.reaction_s,
-    }
-
-
-def pools_document(controller: Controller) -> list[dict[str, Any]]:
-    fleet = controller.fleet
-    history = controller.journal.history(20) if controller.journal is not None else []
-    pools = []
-    for name, target in sorted(controller.pool_targets.items()):
-        members = fleet.of_pool(name)
-        version = fleet.target(target)
-        pin = fleet.pins.get(name)
-        workers = []
-        for member in members:
-            drain = controller.drains.active.get(member.hostname)
-            status = ("failed: " + member.failed if member.failed else "ready" if member.ready_at is not None
-                      else "starting")
-            workers.append({
-                "hostname": member.hostname, "version": member.version, "status": status,
-                "drain": drain_document(controller, drain) if drain is not None else None,
-            })
-        active = fleet.rollouts.get(name)
-        pools.append({
-            "name": name,
-            "version_target": version,
-            "version_config": target.version,
-            "pinned": pin.reason if pin is not None and pin.config_version == target.version else None,
-            "replicas": target.replicas,
-            "cap": target.cap,
-            "alive": len(members),
-            "ready": sum(1 for m in members if m.version == version and m.ready_at is not None and not m.failed),
-            "queues": list(target.queues),
-            "workers": workers,
-            "rollout": None if active is None else {
-                "id": active.id, "from_version": active.from_version, "to_version": active.to_version,
-                "replaced": active.replaced, "total": active.total, "requested_by": active.requested_by,
-                "age_s": round(controller.clock() - active.started_at, 3),
-            },
-            "history": [h for h in history if h["pool"] == name and h["outcome"] is not None],
-        })
-    return pools
-
-
-def build_status(controller: Controller) -> dict[str, Any]:
-    """The `/status` document. Integers for counts; no secrets (the broker URL is redacted)."""
-    now = controller.clock()
-    workers = []
-    from drainctl.core.snapshot import TaskState
-
-    for worker in sorted(controller.cluster, key=lambda w: w.hostname):
-        tasks: dict[str, list[dict[str, Any]]] = {s.value: [] for s in TaskState}
-        for task in sorted(worker.tasks.values(), key=lambda t: t.received_at):
-            since = task.started_at if task.started_at is not None else task.received_at
-            entry: dict[str, Any] = {"id": task.uuid, "name": task.name, "age_s": round(now - since, 3)}
-            if task.eta:
-                entry["eta"] = task.eta
-            tasks[task.state.value].append(entry)
-        last = worker.last_heartbeat
-        workers.append({
-            "hostname": worker.hostname,
-            "state": worker.state.value,
-            "pid": worker.pid,
-            "celery_version": worker.sw_ver,
-            "running": len(tasks["running"]),
-            "reserved": len(tasks["reserved"]),
-            "scheduled": len(tasks["scheduled"]),
-            "queues": list(worker.queues) if worker.queues is not None else None,
-            "last_heartbeat_age_s": round(now - last, 3) if last is not None else None,
-            "heartbeat_active": worker.heartbeat_active,
-            "processed": worker.processed,
-            "task_events": worker.task_events.value,
-            "collision": worker.collision_reason,
-            "tasks": tasks,
-        })
-    stats = controller.stats
-    return {
-        "pools": pools_document(controller),
-        "drains": [drain_document(controller, d) for d in controller.drains]
-        + [drain_document(controller, d) for d in reversed(controller.drains.finished)],
-        "controller": {
-            "id": controller.settings.controller.id,
-            "broker": redact_url(controller.broker_url),
-            "broker_connected": stats.connected,
-            "synced": controller.synced.is_set(),
-            "event_queue": controller.event_queue.name,
-            "events_consumed": stats.events,
-            "events_malformed": sum(stats.malformed.values()),
-            "events_dropped": stats.dropped,
-        },
-        "workers": workers,
-    }

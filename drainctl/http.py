@@ -15,10 +15,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from drainctl.app import Controller, build_status, drain_document
+from drainctl.app import Controller
 from drainctl.core.drain import DrainPolicy, DrainRefused
 from drainctl.errors import DrainctlError
 from drainctl.metrics import registry_for
+from drainctl.status import build_status, drain_document
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_WAIT_S = 60.0

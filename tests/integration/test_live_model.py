@@ -17,9 +17,10 @@ import pytest
 from celery import Celery
 
 from drainctl import config
-from drainctl.app import Controller, build_status
+from drainctl.app import Controller
 from drainctl.core.model import TaskEvents, WorkerState
 from drainctl.core.snapshot import TaskState
+from drainctl.status import build_status
 from tests.integration.conftest import rabbitmqctl
 from tests.integration.controllers import synced
 
