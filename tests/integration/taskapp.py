@@ -11,9 +11,10 @@ fixture. It is configured from the environment so each worker can be started dif
 ``TASKAPP_ACKS_LATE``
     ``"1"`` for ``task_acks_late`` (default ``"0"``).
 ``TASKAPP_RECORD_DIR``
-    If set, :func:`sleep` appends JSON lines describing its executions to
-    ``<dir>/<worker pid>.jsonl`` (one file per pool process); read them with
-    :func:`tests.helpers.read_records`.
+    If set, :func:`sleep`, :func:`broken` and :func:`flaky` append JSON lines describing their
+    executions to ``<dir>/<worker pid>.jsonl`` (one file per pool process); read them with
+    :func:`tests.helpers.read_records`. Each execution is identified by ``(uuid, retries)``;
+    ``redelivered`` says whether the broker had delivered its message before.
 
 Tasks are sent to the queue ``default`` unless a queue is given explicitly.
 """
@@ -59,6 +60,7 @@ def _record(task: Any, event: str, **extra: Any) -> None:
         # CLOCK_MONOTONIC is system-wide on Linux: comparable across processes.
         "monotonic": time.monotonic(),
         "time": time.time(),
+        "redelivered": bool((task.request.delivery_info or {}).get("redelivered")),
         **extra,
     }
     path = os.path.join(record_dir, f"{os.getpid()}.jsonl")
@@ -73,6 +75,27 @@ def sleep(self: Any, seconds: float, tag: str = "") -> float:
     _record(self, "start", tag=tag, seconds=seconds)
     time.sleep(seconds)
     _record(self, "end", tag=tag, seconds=seconds)
+    return seconds
+
+
+@app.task(bind=True, name="taskapp.broken")
+def broken(self: Any, seconds: float) -> None:
+    """Sleep ``seconds``, then fail (a task whose failure is its normal end: recorded as ``end``)."""
+    _record(self, "start", seconds=seconds)
+    time.sleep(seconds)
+    _record(self, "end", seconds=seconds, outcome="error")
+    raise ValueError("taskapp.broken fails by design")
+
+
+@app.task(bind=True, name="taskapp.flaky", max_retries=None)
+def flaky(self: Any, seconds: float, failures: int) -> float:
+    """Sleep ``seconds``; the first ``failures`` executions end by retrying in 1 s (``self.retry``)."""
+    _record(self, "start", seconds=seconds)
+    time.sleep(seconds)
+    if self.request.retries < failures:
+        _record(self, "end", seconds=seconds, outcome="retry")
+        raise self.retry(countdown=1)
+    _record(self, "end", seconds=seconds, outcome="ok")
     return seconds
 
 
