@@ -191,7 +191,8 @@ async def test_rollout_under_load_loses_duplicates_and_interrupts_nothing(
 
 @pytest.mark.parametrize(
     ("bad", "reason"),
-    [("crash-loop", "before it was ready"), ("missing-task", "does not register taskapp.fail")],
+    [("crash-loop", "before it was ready"), ("missing-task", "does not register taskapp.fail"),
+     ("never-consumes", "consuming all of")],
 )
 async def test_a_bad_version_aborts_with_capacity_intact(
     broker_url: str, celery_app: Celery, tmp_path: Path, bad: str, reason: str
@@ -203,6 +204,10 @@ async def test_a_bad_version_aborts_with_capacity_intact(
         before = {m.hostname for m in ctl.fleet.of_pool("p")}
         if bad == "crash-loop":
             harness.write("v2", command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+        elif bad == "never-consumes":
+            # Starts, comes online, answers remote control, but consumes another queue (a wrong -Q).
+            harness.write("v2", command=[*WORKER, "-n", "{hostname}", "-Q", f"elsewhere-{harness.queue}"],
+                          ready_timeout=8)
         else:
             harness.write("v2", extra_env=', TASKAPP_OMIT_FAIL = "1"')
         task = await send(celery_app, harness.queue, 0.5)
