@@ -10,6 +10,9 @@ fixture. It is configured from the environment so each worker can be started dif
     ``worker_prefetch_multiplier`` (default 1).
 ``TASKAPP_ACKS_LATE``
     ``"1"`` for ``task_acks_late`` (default ``"0"``).
+``TASKAPP_SHUTDOWN_DELAY``
+    Seconds the worker's main process waits in ``worker_shutdown`` before it exits (default 0):
+    a slow warm shutdown, to widen the window in which a controller sees it retiring.
 ``TASKAPP_RECORD_DIR``
     If set, :func:`sleep`, :func:`broken` and :func:`flaky` append JSON lines describing their
     executions to ``<dir>/<worker pid>.jsonl`` (one file per pool process); read them with
@@ -26,7 +29,7 @@ import os
 import time
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -43,6 +46,11 @@ app.conf.update(
     task_acks_late=os.environ.get("TASKAPP_ACKS_LATE", "0") == "1",
     worker_hijack_root_logger=False,
 )
+
+
+@signals.worker_shutdown.connect
+def _slow_shutdown(**_: Any) -> None:
+    time.sleep(float(os.environ.get("TASKAPP_SHUTDOWN_DELAY", "0")))
 
 
 def _record(task: Any, event: str, **extra: Any) -> None:

@@ -21,7 +21,7 @@ from celery import Celery
 from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records, wait_until
 from tests.integration.conftest import REPO_ROOT
-from tests.integration.test_rollout import PoolHarness, send
+from tests.integration.test_rollout import WORKER, PoolHarness, send
 
 TOKEN = "controller-test-token"
 
@@ -107,26 +107,50 @@ def settled(controller: ControllerProcess, version: str) -> Callable[[], bool]:
     return check
 
 
-def test_a_sigkilled_controller_restarted_mid_rollout_finishes_it(
-    controller_process: ControllerProcess, celery_app: Celery
+def _starting(controller: ControllerProcess) -> bool:
+    return any(w["version"] == "v2" and w["status"] == "starting" for w in controller.pool()["workers"])
+
+
+def _in_drain_phase(*phases: str) -> Callable[[ControllerProcess], bool]:
+    def check(controller: ControllerProcess) -> bool:
+        return any(w["drain"] and w["drain"]["phase"] in phases for w in controller.pool()["workers"])
+    return check
+
+
+SLOW_START = ["/bin/sh", "-c", 'sleep 2; exec "$0" "$@"', *WORKER]  # widens the window before worker-online
+CRASH_LOOP = [sys.executable, "-c", "import sys, time; time.sleep(2); sys.exit(3)"]
+
+# (the moment of the SIGKILL, the v2 command, the version the pool must end at)
+PHASES = {
+    "new-worker-starting": (_starting, SLOW_START, "v2"),
+    "old-worker-draining": (_in_drain_phase("cancelling", "confirming-queues", "waiting", "verifying"), None, "v2"),
+    "old-worker-retiring": (_in_drain_phase("retiring", "stopping"), None, "v2"),
+    "bad-version-starting": (_starting, CRASH_LOOP, "v1"),
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_a_sigkilled_controller_restarted_at_any_rollout_phase_finishes_it(
+    controller_process: ControllerProcess, celery_app: Celery, phase: str
 ) -> None:
+    reached, command, final = PHASES[phase]
     controller = controller_process
     harness = controller.harness
+    slow_shutdown = ', TASKAPP_SHUTDOWN_DELAY = "3"'  # widens the window between `shutdown` and the exit
+    harness.write("v1", extra_env=slow_shutdown)
     controller.start()
     wait_until(settled(controller, "v1"), 90, "the pool at v1")
     tasks = [anyio.run(send, celery_app, harness.queue, 3.0) for _ in range(6)]
-    harness.write("v2")
+    harness.write("v2", command=command, extra_env=slow_shutdown, ready_timeout=20)
     controller.signal(signal.SIGHUP)
-
-    def draining() -> bool:
-        return any(w["drain"] for w in controller.pool()["workers"])
-
-    wait_until(draining, 60, "an old worker draining")
-    controller.kill()  # mid-drain: its journal says which worker it cancelled
+    wait_until(lambda: reached(controller), 60, f"the rollout to reach {phase}", interval=0.02)
+    controller.kill()  # its journal holds the intents; the workers run on in their own sessions
     controller.start()
-    wait_until(settled(controller, "v2"), 120, "the restarted controller to finish the rollout")
+    wait_until(settled(controller, final), 150, f"the restarted controller to settle at {final}")
     history = controller.pool()["history"]
-    assert any(h["to_version"] == "v2" and h["outcome"] == "succeeded" for h in history), history
+    outcome = "succeeded" if final == "v2" else "failed"
+    assert any(h["to_version"] == "v2" and h["outcome"] == outcome for h in history), history
+    assert controller.pool()["alive"] == 3
 
     def all_done() -> bool:
         runs = read_records(harness.records)
@@ -135,7 +159,7 @@ def test_a_sigkilled_controller_restarted_mid_rollout_finishes_it(
     wait_until(all_done, 60, "every task to finish")
     runs = read_records(harness.records)
     starts = Counter(r["uuid"] for r in runs if r["event"] == "start" and r["uuid"] in tasks)
-    assert starts == Counter(dict.fromkeys(tasks, 1))
+    assert starts == Counter(dict.fromkeys(tasks, 1)), "a task was lost or ran twice"
 
 
 def test_twenty_sighups_in_a_second_end_at_the_last_version_within_the_cap(

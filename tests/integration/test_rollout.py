@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import urllib.parse
@@ -77,7 +78,7 @@ class PoolHarness:
 
 
 def _toml_list(items: list[str]) -> str:
-    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+    return "[" + ", ".join(json.dumps(item) for item in items) + "]"  # a JSON string is a TOML basic string
 
 
 @asynccontextmanager
