@@ -62,6 +62,8 @@ def run(config_path: Path | None, broker_url: str | None, http_listen: str | Non
         if overrides:
             settings = settings.model_copy(update=overrides)
         url = broker_url or settings.broker_url()
+        if any(p.runtime == "docker" for p in settings.pool):
+            settings.docker_host()  # a bad DOCKER_HOST is a configuration error, reported before anything starts
     except (ConfigError, ValueError) as exc:
         click.echo(f"drainctl: {exc}", err=True)
         sys.exit(2)
@@ -101,7 +103,7 @@ async def _serve(settings: config.Settings, url: str, config_path: Path | None) 
     if any(p.runtime == "docker" for p in settings.pool):
         from drainctl.runtime.docker import DockerRuntime
 
-        runtimes["docker"] = DockerRuntime(settings.controller.id)
+        runtimes["docker"] = DockerRuntime(settings.controller.id, settings.docker_host())
     controller = Controller(settings, url, runtime=runtime, runtimes=runtimes, config_path=config_path)
     host, port = config.parse_listen(settings.http.listen)
     token = settings.api_token()

@@ -2,6 +2,9 @@
 
 Precedence for the broker URL (so that no password needs to sit in argv or in the file):
 ``--broker`` flag > ``DRAINCTL_BROKER_URL`` > ``[broker] url_file`` > ``[broker] url`` > the default.
+
+The Docker engine of the docker runtime: ``[docker] host`` > ``DOCKER_HOST`` > the docker CLI's current
+context > ``/var/run/docker.sock`` (the last two are aiodocker's own lookup).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import re
 import socket
 import tomllib
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -80,6 +84,38 @@ class HttpSettings(_Section):
     @classmethod
     def _valid_listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+
+DOCKER_HOST_SCHEMES = ("unix", "tcp", "http", "https")
+
+
+def check_docker_host(value: str) -> None:
+    """Raise ValueError unless `value` is an engine address drainctl can use: unix:///PATH or tcp://HOST:PORT."""
+    expected = "must be unix:///absolute/path/docker.sock or tcp://HOST:PORT (http:// and https:// work too)"
+    try:
+        url = urllib.parse.urlsplit(value)
+        port = url.port
+    except ValueError:
+        raise ValueError(f"{expected}; got {value!r}") from None
+    if url.scheme not in DOCKER_HOST_SCHEMES:
+        raise ValueError(f"{expected}; got {value!r}")
+    if url.scheme == "unix":
+        if url.netloc or not url.path.startswith("/"):
+            raise ValueError(f"{expected}; a unix socket needs an absolute path after unix:// (three slashes)")
+    elif not url.hostname or (url.scheme == "tcp" and port is None):
+        raise ValueError(f"{expected}; give the host and the port the engine listens on")
+
+
+class DockerSettings(_Section):
+    # Unset: DOCKER_HOST, else the docker CLI's current context, else /var/run/docker.sock. Read at start.
+    host: str | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_docker_host(value)
         return value
 
 
@@ -165,6 +201,7 @@ class Settings(_Section):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    docker: DockerSettings = Field(default_factory=DockerSettings)
     pool: list[PoolSettings] = Field(default_factory=list)
     source: str = "<defaults>"
 
@@ -191,6 +228,24 @@ class Settings(_Section):
                     f"{self.source}: [broker] url_file: cannot read {self.broker.url_file}: {exc.strerror}"
                 ) from exc
         return self.broker.url or DEFAULT_BROKER_URL
+
+    def docker_host(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The engine the docker runtime talks to; None leaves the lookup to aiodocker (see the module docstring).
+
+        DOCKER_HOST is resolved here rather than by aiodocker, which would let a docker CLI context win over it:
+        the docker CLI itself puts DOCKER_HOST first.
+        """
+        if self.docker.host is not None:
+            return self.docker.host
+        env = os.environ if environ is None else environ
+        value = env.get("DOCKER_HOST")
+        if not value:
+            return None
+        try:
+            check_docker_host(value)
+        except ValueError as exc:
+            raise ConfigError(f"DOCKER_HOST: {exc}; fix it or set [docker] host in the config file") from None
+        return value
 
     def api_token(self, environ: Mapping[str, str] | None = None) -> str | None:
         env = os.environ if environ is None else environ

@@ -7,9 +7,9 @@
 #     --bridge=none --iptables=false --ip-forward=false, so it creates no bridge network and
 #     touches neither iptables nor sysctls; containers run with NetworkMode "host";
 #     --live-restore keeps containers running across a dockerd restart;
-#   * imports drainctl-test:base: an (almost) empty root filesystem. Tests bind-mount the host's
-#     /usr, /etc, the Python installation and the repository read-only at the same paths, so the
-#     image carries only mount points and the host's /bin, /lib, ... symlinks.
+#   * imports drainctl-test:base (scripts/test-image.sh): an (almost) empty root filesystem. Tests
+#     bind-mount the host's /usr, /etc, the Python installation and the repository read-only at the
+#     same paths, so the image carries only mount points and the host's /bin, /lib, ... symlinks.
 # See DEVELOPERS.md ("Docker engine for the tests").
 set -euo pipefail
 
@@ -17,7 +17,6 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 export DEBIAN_FRONTEND=noninteractive
 export DOCKER_HOST=unix:///var/run/docker.sock
 
-IMAGE=drainctl-test:base
 DOCKERD_LOG=/var/log/dockerd-drainctl.log
 START_TIMEOUT=60
 
@@ -61,27 +60,4 @@ else
 fi
 
 # --- the test image ----------------------------------------------------------
-if docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    log "image $IMAGE exists"
-else
-    log "importing image $IMAGE"
-    tmp="$(mktemp -d)"
-    trap 'rm -rf "$tmp"' EXIT
-    rootfs="$tmp/rootfs"
-    mkdir -p "$rootfs"/{dev,proc,sys,etc,usr,root,run,tmp,var/tmp,work}
-    chmod 1777 "$rootfs/tmp" "$rootfs/var/tmp"
-    # Mirror the host's merged-/usr symlinks (bin -> usr/bin, ...) so binaries find their loader
-    # and libraries through the /usr bind mount; real directories become mount points.
-    for d in bin sbin lib lib32 lib64 libx32; do
-        if [ -L "/$d" ]; then
-            ln -s "$(readlink "/$d")" "$rootfs/$d"
-        elif [ -d "/$d" ]; then
-            mkdir -p "$rootfs/$d"
-        fi
-    done
-    tar -C "$rootfs" --numeric-owner -cf - . | docker import \
-        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change 'LABEL io.drainctl.test-image=base' \
-        - "$IMAGE" >/dev/null
-    log "image $IMAGE imported"
-fi
+bash "$(dirname "${BASH_SOURCE[0]}")/test-image.sh"

@@ -126,3 +126,49 @@ def test_a_change_that_leaves_a_queue_without_consumer_is_detected(tmp_path: Pat
     new = config.load(write(tmp_path, POOL.split("[[pool]]\nname = \"reports\"")[0]))
     assert config.uncovered_queues(old, new) == ["reports"]
     assert config.uncovered_queues(old, old) == []
+
+
+DOCKER_POOL = '[[pool]]\nname = "p"\nqueues = ["q"]\nreplicas = 1\ncommand = ["w"]\nruntime = "docker"\nimage = "i"\n'
+
+
+@pytest.mark.parametrize("host", ["unix:///run/user/1000/docker.sock", "tcp://127.0.0.1:2375", "https://docker.example:2376"])
+def test_docker_host_key_wins_over_docker_host_env(tmp_path: Path, host: str) -> None:
+    settings = config.load(write(tmp_path, f'[docker]\nhost = "{host}"\n'))
+    assert settings.docker_host({"DOCKER_HOST": "unix:///elsewhere.sock"}) == host
+
+
+def test_docker_host_env_then_aiodockers_own_lookup(tmp_path: Path) -> None:
+    settings = config.load(None)
+    assert settings.docker_host({"DOCKER_HOST": "tcp://127.0.0.1:2375"}) == "tcp://127.0.0.1:2375"
+    assert settings.docker_host({}) is None  # aiodocker: the docker CLI's context, then /var/run/docker.sock
+    with pytest.raises(ConfigError, match=r"DOCKER_HOST: must be unix:///.*three slashes"):
+        settings.docker_host({"DOCKER_HOST": "unix://relative/docker.sock"})
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("/var/run/docker.sock", "must be unix:///absolute/path/docker.sock or tcp://HOST:PORT"),
+        ("ssh://me@host", "got 'ssh://me@host'"),
+        ("unix://docker.sock", "three slashes"),
+        ("tcp://127.0.0.1", "give the host and the port"),
+        ("tcp://127.0.0.1:notaport", "got 'tcp://127.0.0.1:notaport'"),
+    ],
+)
+def test_a_bad_docker_host_is_named_with_its_line(tmp_path: Path, host: str, expected: str) -> None:
+    path = write(tmp_path, f'[controller]\nid = "c"\n\n[docker]\nhost = "{host}"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert f"{path}:5: docker.host: " in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_run_refuses_a_bad_docker_host_before_starting(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from drainctl.cli import main
+
+    path = write(tmp_path, DOCKER_POOL)
+    result = CliRunner().invoke(main, ["run", "--config", str(path)], env={"DOCKER_HOST": "docker:2375"})
+    assert result.exit_code == 2
+    assert "DOCKER_HOST: must be unix:///" in result.output

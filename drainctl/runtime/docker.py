@@ -143,6 +143,8 @@ class DockerRuntime:
         self._stopping: dict[str, tuple[float, int]] = {}
         # Final container state inspected by `watch` before it removes a container (for a concurrent `stop`).
         self._final: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        #: Times `watch` got the event stream back after a break (and swept the exits of the gap).
+        self.resubscriptions = 0
 
     # ------------------------------------------------------------------ client
     def _client(self) -> aiodocker.Docker:
@@ -152,7 +154,7 @@ class DockerRuntime:
             except (AssertionError, ValueError) as exc:
                 raise RuntimeFailure(
                     f"no Docker engine found ({exc or 'no socket and no DOCKER_HOST'}): start dockerd "
-                    "(for development: `bash scripts/dockerd.sh`) or set the docker url"
+                    "(for development: `bash scripts/dockerd.sh`) or give its address: [docker] host or DOCKER_HOST"
                 ) from exc
         return self._docker
 
@@ -308,6 +310,7 @@ class DockerRuntime:
                     log.info("docker event stream reopened; checking the managed containers")
                     await self._sweep(on_exit)
                     session.resubscribed = True
+                    self.resubscriptions += 1
                 while (event := await subscriber.get()) is not None:
                     session.since = _event_since(event) or session.since
                     await self._on_die(event, on_exit)

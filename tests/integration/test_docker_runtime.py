@@ -320,6 +320,7 @@ async def test_exit_while_event_stream_is_broken_is_reported_once(tmp_path: Path
             assert exited.handle == handle
             assert exited.exit_code == 0
             assert await container_gone(handle.ref)
+            assert rt.resubscriptions == 1
             # The sweep after resubscribing and the replayed `die` event both see it: reported once only.
             with anyio.move_on_after(1.0):
                 extra = await exits.receive()
