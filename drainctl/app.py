@@ -591,8 +591,10 @@ class Controller:
             tg.start_soon(self._start_pool_worker, command)
         elif isinstance(command, StopWorker | EscalateWorker):
             handle = self.managed.get(command.hostname)
-            if handle is not None and self.runtime is not None:
-                tg.start_soon(self._runtime_command, command, handle, self.runtime)
+            # The worker's own runtime: a container must be stopped by the engine that runs it.
+            runtime = self.runtimes.get(handle.runtime) if handle is not None else None
+            if handle is not None and runtime is not None:
+                tg.start_soon(self._runtime_command, command, handle, runtime)
         elif control is None:
             # Remote control needs the broker; a drain asks again after its retry interval.
             log.info("broker down: command deferred", command=type(command).__name__)

@@ -243,9 +243,12 @@ async def test_an_invalid_config_on_reload_changes_nothing(broker_url: str, tmp_
         assert pool_at(ctl, "v1") and ctl.reloads["rejected"] == 2
 
 
+@pytest.mark.parametrize("stubborn", [False, True], ids=["warm-exit", "ignores-shutdown"])
 async def test_rollout_on_the_docker_runtime(
-    broker_url: str, celery_app: Celery, tmp_path: Path, docker_available: None
+    broker_url: str, celery_app: Celery, tmp_path: Path, docker_available: None, stubborn: bool
 ) -> None:
+    """`stubborn`: the old workers do not exit after the remote `shutdown` (a hung exit hook), so the
+    container must be stopped by the docker engine once the retire grace is over."""
     from drainctl.runtime.base import LABEL_CONTROLLER
     from drainctl.runtime.docker import DockerRuntime
     from tests.integration.docker_support import IMAGE, docker, host_binds
@@ -253,9 +256,13 @@ async def test_rollout_on_the_docker_runtime(
     harness = PoolHarness(tmp_path, broker_url)
     binds = [*host_binds(), f"{harness.records}:{harness.records}:rw"]
 
+    replicas = 1 if stubborn else 2
+
     def write(version: str) -> None:
-        harness.write(version)
-        text = harness.path.read_text().replace("replicas = 3", "replicas = 2")
+        hung = stubborn and version == "v1"
+        harness.write(version, extra_env=', TASKAPP_SHUTDOWN_DELAY = "300"' if hung else "")
+        text = harness.path.read_text().replace("replicas = 3", f"replicas = {replicas}")
+        text = text.replace("stop_timeout_s = 30", f"stop_timeout_s = {3 if hung else 30}")
         text += f'runtime = "docker"\nimage = "{IMAGE}"\nbinds = {_toml_list(binds)}\n'
         harness.path.write_text(text)
 
@@ -266,7 +273,7 @@ async def test_rollout_on_the_docker_runtime(
 
     def at(version: str) -> bool:
         members = ctl.fleet.of_pool("p")
-        return (len(members) == 2 and all(m.version == version and m.ready_at is not None for m in members)
+        return (len(members) == replicas and all(m.version == version and m.ready_at is not None for m in members)
                 and not ctl.fleet.rollouts and not ctl.drains.active)
 
     try:
@@ -278,7 +285,10 @@ async def test_rollout_on_the_docker_runtime(
             await ctl.reload("test")
             await ctl.wait_for(lambda: at("v2") and bool(ctl.fleet.history), 150)
             assert ctl.fleet.history[-1].outcome == "succeeded"
-            assert ctl.drains.outcomes["retired"] == 2
+            assert ctl.drains.outcomes["retired"] == replicas
+            if stubborn:
+                (drain,) = ctl.drains.finished
+                assert "SIGTERM had no effect" in drain.detail, drain.detail
             tg.cancel_scope.cancel()
     finally:
         await docker_runtime.aclose()
