@@ -268,6 +268,9 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _line_of(text: str, loc: Sequence[str | int]) -> int | None:
     """Best-effort line number of a key path in TOML text (tomllib keeps no positions).
 
@@ -314,6 +317,13 @@ def _describe(error: Mapping[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
+def _key_text(part: str | int) -> str:
+    """A key as TOML writes it: bare when it can be, quoted otherwise (an odd key must not garble the message)."""
+    if isinstance(part, int) or BARE_KEY.fullmatch(part):
+        return str(part)
+    return json.dumps(part)
+
+
 def from_mapping(data: Mapping[str, Any], *, source: str = "<defaults>", text: str = "") -> Settings:
     try:
         return Settings.model_validate({**data, "source": source})
@@ -321,11 +331,15 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "<defaults>", text: s
         problems = []
         for error in exc.errors():
             loc = [part for part in error["loc"] if isinstance(part, str | int)]
-            key = ".".join(str(part) for part in loc) or "(top level)"
+            key = ".".join(_key_text(part) for part in loc) or "(top level)"
             line = _line_of(text, loc) if text else None
             where = f"{source}:{line}" if line else source
             problems.append(f"{where}: {key}: {_describe(error)}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+# A config file is a few KiB; refusing a huge one keeps a wrong path from eating the controller's memory.
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def load(path: Path | None) -> Settings:
@@ -333,9 +347,12 @@ def load(path: Path | None) -> Settings:
     if path is None:
         return from_mapping({})
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; is this the right file?")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -344,6 +361,9 @@ def load(path: Path | None) -> Settings:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(f"{path}: not valid TOML: arrays or inline tables nested too deeply") from None
     if "source" in data:
         raise ConfigError(f"{path}:{_line_of(text, ['source']) or '?'}: source: unknown key")
     return from_mapping(data, source=str(path), text=text)
