@@ -299,3 +299,36 @@ async def test_rollout_on_the_docker_runtime(
     starts = Counter(r["uuid"] for r in runs if r["event"] == "start" and r["uuid"] in tasks)
     ends = Counter(r["uuid"] for r in runs if r["event"] == "end" and r["uuid"] in tasks)
     assert starts == ends == Counter(dict.fromkeys(tasks, 1))
+
+
+async def test_the_controllers_connection_closed_by_the_broker_mid_drain_the_rollout_finishes(
+    broker_url: str, celery_app: Celery, tmp_path: Path
+) -> None:
+    from drainctl.core.drain import Phase
+    from tests.integration.conftest import rabbitmqctl
+    from tests.integration.test_live_model import _connection_pids
+
+    harness = PoolHarness(tmp_path, broker_url)
+    harness.write("v1")
+    async with running(harness) as ctl:
+        await ctl.wait_for(lambda: pool_at(ctl, "v1"), 90)
+        tasks = [await send(celery_app, harness.queue, 4.0) for _ in range(6)]
+        harness.write("v2")
+        await ctl.reload("test")
+        await ctl.wait_for(lambda: any(d.phase is Phase.WAITING and d.held for d in ctl.drains), 60)
+        connects = ctl.stats.connects
+        # Every connection of this controller: events, remote control and the per-worker leases go with it.
+        pids = await anyio.to_thread.run_sync(_connection_pids, f"drainctl {ctl.settings.controller.id}")
+        assert pids
+        for pid in pids:
+            await anyio.to_thread.run_sync(rabbitmqctl, "close_connection", pid, "test: closed by the broker")
+        await ctl.wait_for(lambda: ctl.stats.connects > connects, 30)
+        await ctl.wait_for(lambda: pool_at(ctl, "v2") and bool(ctl.fleet.history), 150)
+        assert ctl.fleet.history[-1].outcome == "succeeded"
+        assert ctl.drains.outcomes["retired"] == 3
+        assert ctl.drains.outcomes["cancelled"] == ctl.drains.outcomes["lost"] == 0
+        await ctl.wait_for(lambda: not any(w.tasks for w in ctl.cluster if w.hostname.startswith("p-")), 60)
+    runs = read_records(harness.records)
+    starts = Counter((r["uuid"], r["retries"]) for r in runs if r["event"] == "start" and r["uuid"] in tasks)
+    ends = Counter((r["uuid"], r["retries"]) for r in runs if r["event"] == "end" and r["uuid"] in tasks)
+    assert starts == ends == Counter({(t, 0): 1 for t in tasks})
