@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -92,6 +93,28 @@ def starts(records: Path) -> dict[str, float]:
     return out
 
 
+def online(ctl: Controller, hostname: str) -> bool:
+    worker = ctl.cluster.worker(hostname)
+    return worker is not None and worker.state.value == "online"
+
+
+async def churn_without_drainctl(ctl: Controller, url: str, records: Path) -> None:
+    """The control window: the process churn of a rollout (3 Celery workers started, each stopped once
+    online), with no drainctl action at all. What a rollout costs beyond this is drainctl's."""
+    for _ in range(3):
+        hostname = f"control-{uuid.uuid4().hex[:6]}@bench"
+        worker = subprocess.Popen(  # noqa: ASYNC220 - the control, outside the controller on purpose
+            [sys.executable, "-m", "celery", "-A", "tests.integration.taskapp", "worker", "-E", "--without-mingle",
+             "--without-gossip", "-l", "WARNING", "-n", hostname, "-Q", "bench-control", "-c", "2"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "DRAINCTL_TEST_BROKER_URL": url,
+                           "TASKAPP_RECORD_DIR": str(records)})
+        try:
+            await ctl.wait_for(partial(online, ctl, hostname), 60)
+        finally:
+            worker.terminate()
+            await anyio.to_thread.run_sync(worker.wait, 60)
+
+
 async def run(args: argparse.Namespace) -> None:
     from tests.integration.taskapp import app
 
@@ -132,6 +155,9 @@ async def run(args: argparse.Namespace) -> None:
             steady_from = time.monotonic()
             await anyio.sleep(args.steady)
             windows.append(("steady", steady_from, time.monotonic()))
+            control_from = time.monotonic()
+            await churn_without_drainctl(ctl, url, records)
+            windows.append(("control", control_from, time.monotonic()))
             version = f"v{round_ + 2}"
             before = {m.hostname for m in ctl.fleet.of_pool("bench")}
             seen: dict[str, float] = {}
@@ -171,7 +197,7 @@ async def run(args: argparse.Namespace) -> None:
         await runtime.stop(handle, 30)
 
     began = starts(records)
-    waits: dict[str, list[float]] = {"steady": [], "rollout": []}
+    waits: dict[str, list[float]] = {"steady": [], "control": [], "rollout": []}
     sent: dict[str, tuple[float, str]] = {}
     for line in sent_file.read_text().splitlines():
         task_id, at_s = line.split()
@@ -188,8 +214,10 @@ async def run(args: argparse.Namespace) -> None:
         print(f"{when:10} {len(values):6} {1000 * percentile(values, 50):8.1f} {1000 * percentile(values, 99):8.1f} "
               f"{1000 * max(values):8.1f}")
     ratio = percentile(waits["rollout"], 99) / percentile(waits["steady"], 99)
+    control = percentile(waits["rollout"], 99) / percentile(waits["control"], 99)
     print(f"p99 rollout / steady: {ratio:.2f} (target <= 1.2: {'met' if ratio <= 1.2 else 'NOT met'}); "
-          f"tasks not started: {len(lost)}")
+          f"p99 rollout / control: {control:.2f}; tasks not started: {len(lost)}")
+    print("(control: the same process churn — 3 workers started and stopped — with no drainctl action)")
     rollout_seconds = sum(durations)
     print(f"({args.rollouts} rollouts, {rollout_seconds:.1f} s in all; steady windows of {args.steady:g} s between)")
     startup = [o[0] for o in overheads]
