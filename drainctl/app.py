@@ -39,7 +39,7 @@ from drainctl.core.commands import (
     StartWorker,
     StopWorker,
 )
-from drainctl.core.drain import CONFIRM_REASON, Drain, DrainBook, DrainPolicy, DrainRefused
+from drainctl.core.drain import CONFIRM_REASON, ConsumerTimeout, Drain, DrainBook, DrainPolicy, DrainRefused
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Decoded
 from drainctl.core.model import Cluster, Notice
 from drainctl.core.rollout import Fleet, PoolTarget
@@ -137,7 +137,8 @@ class Controller:
         self.journal: Journal | None = None
         self.reloads: dict[str, int] = {"applied": 0, "rejected": 0}
         self._requested_by = "config"
-        self.drains = DrainBook()
+        self.drains = DrainBook(consumer_timeout=ConsumerTimeout(
+            settings.broker.consumer_timeout_s, settings.broker.consumer_timeout_warn_at))
         # Workers this controller started (or adopted): it can stop them and sees them exit.
         self.managed: dict[str, WorkerHandle] = {}
         self.broker_url = broker_url
@@ -333,7 +334,8 @@ class Controller:
         await self._send.send(DroppedIn(events))
 
     async def _tick(self) -> None:
-        # The clock is an input: time-based transitions (the silent window) are evaluated on ticks.
+        # The clock is an input: time-based transitions (the silent window, drain retries and deadlines,
+        # the consumer_timeout warning) are evaluated on ticks, so TICK_S bounds how late they come.
         while True:
             await anyio.sleep(TICK_S)
             await self._send.send(Tick())
@@ -558,7 +560,9 @@ class Controller:
 
     def _log_notice(self, notice: Notice) -> None:
         level = "warning" if notice.kind in {
-            "worker-silent", "hostname-collision", "tasks-lost", "reconcile-corrected"} else "info"
+            "worker-silent", "hostname-collision", "tasks-lost", "reconcile-corrected", "consumer-timeout-near",
+            "consumer-timeout-redelivered",
+        } else "info"
         getattr(log, level)(notice.kind.replace("-", " "), worker=notice.hostname, detail=notice.detail)
 
     # ------------------------------------------------------------------ commands

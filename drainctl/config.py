@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from drainctl.core.drain import DEFAULT_CONSUMER_TIMEOUT_S
 from drainctl.errors import ConfigError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
@@ -66,6 +67,10 @@ class BrokerSettings(_Section):
     key_file: Path | None = None
     reply_timeout_s: PositiveFloat = 1.0
     reconnect_max_backoff_s: PositiveFloat = 30.0
+    # RabbitMQ's consumer_timeout in seconds (rabbitmq.conf has it in ms): drainctl cannot read it from
+    # the broker. A draining worker's task held unacknowledged for warn_at of it is reported.
+    consumer_timeout_s: PositiveFloat = DEFAULT_CONSUMER_TIMEOUT_S
+    consumer_timeout_warn_at: Annotated[float, Field(gt=0, le=1)] = 0.8
 
 
 class EventSettings(_Section):

@@ -211,6 +211,18 @@ class ModelCollector(Collector):
         for outcome, count in sorted(outcomes.items()):
             finished.add_metric([outcome], count)
         yield finished
+        yield CounterMetricFamily(
+            "drainctl_consumer_timeout_warnings_total",
+            "Tasks a draining worker held unacknowledged (or, running, possibly so) for consumer_timeout_warn_at of "
+            "RabbitMQ's consumer_timeout ([broker] consumer_timeout_s); one per task.",
+            value=drains.consumer_timeout_warnings,
+        )
+        yield CounterMetricFamily(
+            "drainctl_consumer_timeout_redeliveries_total",
+            "Of those tasks, the ones another worker received while the draining worker held them: the broker "
+            "delivered them again (most likely its consumer_timeout closed the draining worker's channel).",
+            value=drains.consumer_timeout_redeliveries,
+        )
         yield GaugeMetricFamily("drainctl_drains_in_progress", "Drains under way.", value=len(drains.active))
         yield GaugeMetricFamily("drainctl_drains_past_deadline", "Drains under way past their deadline.",
                                 value=drains.past_deadline())

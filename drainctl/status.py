@@ -42,6 +42,10 @@ def drain_document(controller: Controller, drain: Drain) -> dict[str, Any]:
         "waiting_for": waiting_for,
         "lost_tasks": list(drain.lost_tasks),
         "reaction_s": drain.reaction_s,
+        # Tasks reported as near RabbitMQ's consumer_timeout (a `consumer-timeout-near` warning each).
+        "consumer_timeout_warned": sorted(drain.timeout_warned),
+        # ...and those another worker received since (a `consumer-timeout-redelivered` warning each).
+        "consumer_timeout_redelivered": sorted(drain.redelivered),
     }
 
 

@@ -36,6 +36,12 @@ def test_a_valid_file(tmp_path: Path) -> None:
         ('[events]\nprefetch = "lots"\n', ":2: events.prefetch: Input should be a valid integer"),
         ('[brokr]\nurl = "amqp://x"\n', ":1: brokr: unknown key"),
         ("[controller\n", "not valid TOML"),
+        ('[broker]\nreply_timeout_s = 1\nconsumer_timeout_s = 0\n',
+         ":3: broker.consumer_timeout_s: Input should be greater than 0"),
+        ('[broker]\nconsumer_timeout_s = "30m"\n', ":2: broker.consumer_timeout_s: Input should be a valid number"),
+        ('[broker]\nconsumer_timeout_warn_at = 0\n', ":2: broker.consumer_timeout_warn_at: Input should be greater than 0"),
+        ('[broker]\nconsumer_timeout_warn_at = 80\n',
+         ":2: broker.consumer_timeout_warn_at: Input should be less than or equal to 1"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
@@ -172,3 +178,10 @@ def test_run_refuses_a_bad_docker_host_before_starting(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--config", str(path)], env={"DOCKER_HOST": "docker:2375"})
     assert result.exit_code == 2
     assert "DOCKER_HOST: must be unix:///" in result.output
+
+
+def test_consumer_timeout_defaults_to_rabbitmqs_and_is_given_in_seconds(tmp_path: Path) -> None:
+    defaults = config.load(None).broker
+    assert (defaults.consumer_timeout_s, defaults.consumer_timeout_warn_at) == (1800.0, 0.8)
+    broker = config.load(write(tmp_path, "[broker]\nconsumer_timeout_s = 7200\nconsumer_timeout_warn_at = 1\n")).broker
+    assert (broker.consumer_timeout_s, broker.consumer_timeout_warn_at) == (7200.0, 1.0)

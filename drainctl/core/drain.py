@@ -14,6 +14,12 @@ Pure: every input (a control reply, a runtime exit, a model change, the passing 
 
 ETA tasks never hold a drain: the worker keeps them unacknowledged and the broker hands them to
 another worker when the drained one closes its connection.
+
+RabbitMQ's `consumer_timeout` closes the channel of a consumer that keeps a delivery unacknowledged for
+longer (and redelivers all it held): a long acks_late task on a draining worker may then run twice. The
+broker's value cannot be read over AMQP, so the operator states it (`ConsumerTimeout`) and every task a
+draining worker holds for long produces one `consumer-timeout-near` notice (and one
+`consumer-timeout-redelivered` if another worker then receives it while the draining one still holds it).
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ from drainctl.core.commands import (
     ShutdownWorker,
     StopWorker,
 )
-from drainctl.core.model import Cluster, Notice, Worker, WorkerState
+from drainctl.core.model import Cluster, Notice, Task, Worker, WorkerState
 from drainctl.core.snapshot import TaskState
 
 DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 RESTART_WINDOW_S: Final = 300.0
 CONFIRM_REASON: Final = "drain-confirm"
+# RabbitMQ's default consumer_timeout since 3.8.15: 30 minutes.
+DEFAULT_CONSUMER_TIMEOUT_S: Final = 1800.0
 
 
 class Phase(StrEnum):
@@ -73,6 +81,18 @@ class DrainPolicy:
     stop_timeout_s: float = 600.0
     # How long to wait for a control reply before asking again.
     retry_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerTimeout:
+    """RabbitMQ's `consumer_timeout` as the operator configured it; warn once a delivery reaches `warn_at` of it."""
+
+    timeout_s: float = DEFAULT_CONSUMER_TIMEOUT_S
+    warn_at: float = 0.8
+
+    @property
+    def warn_after_s(self) -> float:
+        return self.timeout_s * self.warn_at
 
 
 class DrainRefused(Exception):
@@ -109,6 +129,10 @@ class Drain:
     lost_tasks: tuple[str, ...] = ()
     # Seconds from the worker's last task end to the `shutdown` command (drain reaction latency).
     reaction_s: float | None = None
+    # Tasks already reported as near RabbitMQ's consumer_timeout (one notice per task), and those of them
+    # another worker received since (the broker delivered them again).
+    timeout_warned: set[str] = field(default_factory=set)
+    redelivered: set[str] = field(default_factory=set)
 
     @property
     def active(self) -> bool:
@@ -124,10 +148,37 @@ def _held(worker: Worker | None) -> tuple[str, ...]:
     return tuple(sorted(t.uuid for t in worker.tasks.values() if t.state is not TaskState.SCHEDULED))
 
 
+_UNACKED_AS: Final = {
+    # drainctl cannot see a task's acks_late: a running task is unacknowledged only with it (Airflow's default).
+    TaskState.RUNNING: "running (unacknowledged until it ends if it uses acks_late, as Airflow's CeleryExecutor "
+                       "does; drainctl cannot tell)",
+    TaskState.RESERVED: "prefetched, not started (unacknowledged)",
+    TaskState.SCHEDULED: "held for its ETA (unacknowledged)",
+}
+
+
+def _timeout_detail(task: Task, age: float, limit: ConsumerTimeout) -> str:
+    remaining = limit.timeout_s - age
+    when = (f"about {remaining:.1f}s from now or somewhat later (RabbitMQ checks periodically)" if remaining > 0
+            else "any moment now, if it has not already")
+    return (
+        f"task {task.uuid} ({task.name or 'name unknown'}), {_UNACKED_AS[task.state]}, was delivered {age:.1f}s ago "
+        f"(as far as drainctl saw), {age / limit.timeout_s:.0%} of consumer_timeout {limit.timeout_s:g}s: "
+        f"RabbitMQ will close the worker's channel (PRECONDITION_FAILED) {when} and deliver again every message "
+        "the channel held unacknowledged, so this task may run twice. Raise consumer_timeout for that queue or "
+        "vhost above the task's run time (rabbitmq.conf consumer_timeout, or the x-consumer-timeout queue argument "
+        "or a consumer-timeout policy on RabbitMQ 3.12+) and set [broker] consumer_timeout_s to match, or split "
+        "the task into shorter ones"
+    )
+
+
 class DrainBook:
     """Every drain, active and recently finished, plus the counters /metrics reads."""
 
-    def __init__(self, history: int = 200) -> None:
+    def __init__(self, history: int = 200, consumer_timeout: ConsumerTimeout | None = None) -> None:
+        self.consumer_timeout = consumer_timeout or ConsumerTimeout()
+        self.consumer_timeout_warnings = 0
+        self.consumer_timeout_redeliveries = 0
         self.active: dict[str, Drain] = {}
         self.finished: deque[Drain] = deque(maxlen=history)
         self.started_total = 0
@@ -346,6 +397,8 @@ class DrainBook:
             held = _held(worker)
             if drain.phase is not Phase.DONE:
                 drain.held = held
+            notices.extend(self._near_consumer_timeout(drain, worker, now))
+            notices.extend(self._redelivered(drain, worker, cluster))
         phase = drain.phase
         waited = now - (drain.asked_at if drain.asked_at is not None else drain.phase_since)
         if phase is Phase.CANCELLING and waited >= drain.policy.retry_s:
@@ -410,6 +463,45 @@ class DrainBook:
             return []
         return self._finish(drain, Outcome.CANCELLED, now, reason)
 
+    # ------------------------------------------------------------------ consumer_timeout
+    def _near_consumer_timeout(self, drain: Drain, worker: Worker, now: float) -> list[Notice]:
+        """One notice per task the draining worker has held unacknowledged for `warn_at` of the timeout.
+
+        The age counts from when drainctl learnt of the delivery (task-received, or the reconcile that
+        listed it): a lower bound, which is why the warning comes before the timeout, not at it.
+        """
+        limit = self.consumer_timeout
+        due = [t for t in worker.tasks.values()
+               if now - t.received_at >= limit.warn_after_s and t.uuid not in drain.timeout_warned]
+        notices: list[Notice] = []
+        for task in sorted(due, key=lambda t: (t.received_at, t.uuid)):
+            drain.timeout_warned.add(task.uuid)
+            self.consumer_timeout_warnings += 1
+            detail = _timeout_detail(task, now - task.received_at, limit)
+            notices.append(Notice("consumer-timeout-near", drain.hostname, detail))
+        return notices
+
+    def _redelivered(self, drain: Drain, worker: Worker, cluster: Cluster) -> list[Notice]:
+        """A warned task another worker received while the draining one still holds it: the broker delivered
+        it again, most likely because the consumer_timeout closed the draining worker's channel. Said once per
+        task, never hidden. (A retry keeps the task id but comes after the first run ended: not counted.)"""
+        notices: list[Notice] = []
+        for uuid in sorted(drain.timeout_warned - drain.redelivered):
+            if uuid not in worker.tasks:
+                continue
+            elsewhere = sorted(w.hostname for w in cluster if w.hostname != drain.hostname and uuid in w.tasks)
+            if not elsewhere:
+                continue
+            drain.redelivered.add(uuid)
+            self.consumer_timeout_redeliveries += 1
+            notices.append(Notice("consumer-timeout-redelivered", drain.hostname, (
+                f"task {uuid}, held by {drain.hostname} past the consumer_timeout warning, was delivered again to "
+                f"{', '.join(elsewhere)}: RabbitMQ most likely closed {drain.hostname}'s channel "
+                f"(consumer_timeout). If it still runs on {drain.hostname} it now runs twice, and it meets the same "
+                "timeout there unless it ends sooner. Raise consumer_timeout above the task's run time"
+            )))
+        return notices
+
     # ------------------------------------------------------------------ helpers
     def _enter(self, drain: Drain, phase: Phase, now: float) -> None:
         drain.phase = phase
@@ -422,6 +514,9 @@ class DrainBook:
             detail += (f"; it held {len(drain.lost_tasks)} tasks: {', '.join(drain.lost_tasks)} — with acks-early "
                        "(Celery's default) the running ones are lost to Celery itself; acks_late and prefetched "
                        "ones return to the queue")
+        if drain.timeout_warned:
+            detail += (f"; it held {', '.join(sorted(drain.timeout_warned))} past the consumer_timeout warning: "
+                       "RabbitMQ's consumer_timeout may have closed its channel, which stops a Celery worker")
         return self._finish(drain, Outcome.LOST, now, detail)
 
     def _finish(self, drain: Drain, outcome: Outcome, now: float, detail: str) -> list[Notice]:

@@ -9,6 +9,8 @@ The shared RabbitMQ on 127.0.0.1:5672 (``rabbit@localhost``) is never touched: a
   listener — is never read) and its own distribution port (``RABBITMQ_DIST_PORT``);
 - its own ``rabbitmq-env.conf`` (``RABBITMQ_CONF_ENV_FILE``: epmd and distribution on
   127.0.0.1 only), mnesia, log and plugin files, all under one directory;
+- optional further ``rabbitmq.conf`` lines and an ``advanced.config`` (``extra_conf``,
+  ``advanced_config``), e.g. a short ``consumer_timeout`` checked every second;
 - no management listener (only the plugins in its own ``enabled_plugins``: none by default,
   or ``rabbitmq_event_exchange``);
 - its own Erlang cookie: the node and every ``rabbitmqctl`` call run with ``HOME`` set to
@@ -37,6 +39,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -77,10 +80,18 @@ def _port_open(port: int) -> bool:
 class PrivateRabbit:
     """A private RabbitMQ node (see the module docstring); a context manager."""
 
-    def __init__(self, base_dir: Path, *, event_exchange: bool = False, name: str | None = None) -> None:
+    def __init__(
+        self, base_dir: Path, *, event_exchange: bool = False, name: str | None = None,
+        extra_conf: Sequence[str] = (), advanced_config: str | None = None,
+    ) -> None:
+        """``extra_conf``: further ``rabbitmq.conf`` lines (e.g. ``"consumer_timeout = 8000"``);
+        ``advanced_config``: the Erlang terms of an ``advanced.config`` for settings ``rabbitmq.conf``
+        cannot express (e.g. ``"[{rabbit, [{channel_tick_interval, 1000}]}]."``)."""
         self.base_dir = Path(base_dir)
         self.nodename = f"{name or 'drainctl-chaos-' + secrets.token_hex(4)}@localhost"
         self.event_exchange = event_exchange
+        self.extra_conf = tuple(extra_conf)
+        self.advanced_config = advanced_config
         self.port = free_loopback_port()
         self.dist_port = free_loopback_port(exclude=frozenset({self.port}))
         self.pid: int | None = None
@@ -105,7 +116,10 @@ class PrivateRabbit:
             "loopback_users.guest = true\n"
             "log.console = false\n"
             "log.file.level = info\n"
+            + "".join(f"{line}\n" for line in self.extra_conf)
         )
+        if self.advanced_config is not None:
+            (d / "advanced.config").write_text(self.advanced_config.rstrip() + "\n")
         env_conf = d / "rabbitmq-env.conf"
         env_conf.write_text("ERL_EPMD_ADDRESS=127.0.0.1\n")
         env = dict(os.environ)
