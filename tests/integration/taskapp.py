@@ -10,6 +10,9 @@ fixture. It is configured from the environment so each worker can be started dif
     ``worker_prefetch_multiplier`` (default 1).
 ``TASKAPP_ACKS_LATE``
     ``"1"`` for ``task_acks_late`` (default ``"0"``).
+``TASKAPP_REMOTE_CONTROL``
+    ``"0"`` sets ``worker_enable_remote_control = False``: the worker sends events and heartbeats
+    but has no pidbox, so it answers no remote-control command (default ``"1"``).
 ``TASKAPP_RECORD_DIR``
     If set, :func:`sleep` appends JSON lines describing its executions to
     ``<dir>/<worker pid>.jsonl`` (one file per pool process); read them with
@@ -41,6 +44,7 @@ app.conf.update(
     worker_prefetch_multiplier=int(os.environ.get("TASKAPP_PREFETCH", "1")),
     task_acks_late=os.environ.get("TASKAPP_ACKS_LATE", "0") == "1",
     worker_hijack_root_logger=False,
+    worker_enable_remote_control=os.environ.get("TASKAPP_REMOTE_CONTROL", "1") != "0",
 )
 
 
