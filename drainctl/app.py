@@ -148,6 +148,7 @@ class Controller:
             silent_after_s=c.silent_after_s,
             offline_retention_s=c.offline_retention_s,
             reconcile_min_interval_s=c.reconcile_min_interval_s,
+            no_remote_control_after_s=c.no_remote_control_after_s,
         )
         self.stats = IngestStats()
         self.event_queue = broker.EventQueueSpec(
@@ -351,9 +352,12 @@ class Controller:
                     self._ingest(item, now, commands, notices)
                 elif isinstance(item, Tick):
                     notices = self.cluster.tick(now)
+                    commands, more = self.cluster.recheck(now)
+                    notices.extend(more)
                 elif isinstance(item, SnapshotsIn):
                     self._merge(item, now, commands, notices)
                 elif isinstance(item, EventsEnabledIn):
+                    self._heard(item.hostname, item.enabled_now is not None, item.asked_at, now, notices)
                     if item.enabled_now is not None:
                         commands = self.cluster.note_task_events(item.hostname, item.enabled_now, now)
                         if item.enabled_now:
@@ -399,8 +403,17 @@ class Controller:
                 changed, self._changed = self._changed, anyio.Event()
                 changed.set()
 
+    def _heard(self, hostname: str, answered: bool, asked_at: float | None, now: float,
+               notices: list[Notice]) -> None:
+        """A remote-control question to `hostname` was answered, or went unanswered (not a broker failure)."""
+        if answered:
+            notices.extend(self.cluster.note_answered(hostname, now))
+        else:
+            notices.extend(self.cluster.note_unanswered(hostname, asked_at if asked_at is not None else now, now))
+
     def _pool_input(self, item: Input, now: float, notices: list[Notice]) -> None:
         if isinstance(item, RegisteredIn):
+            self._heard(item.hostname, item.tasks is not None, item.asked_at, now, notices)
             self.fleet.registered(item.hostname, item.tasks, now)
         elif isinstance(item, StartFailedIn):
             notices.extend(self.fleet.start_failed(item.hostname, item.error, now))
@@ -492,8 +505,11 @@ class Controller:
                 item.pending.result = drain
             item.pending.done.set()
         elif isinstance(item, CancelRepliedIn):
+            answered = any(reply is not None for reply in item.replies.values())
+            self._heard(item.hostname, answered, item.asked_at, now, notices)
             commands.extend(drains.cancel_replied(item.hostname, item.replies, now))
         elif isinstance(item, QueuesRepliedIn):
+            self._heard(item.hostname, item.queues is not None, item.asked_at, now, notices)
             commands.extend(drains.queues_replied(self.cluster, item.hostname, item.queues, now))
         elif isinstance(item, WorkerStartedIn):
             handle = item.handle
@@ -541,9 +557,17 @@ class Controller:
     def _merge(self, item: SnapshotsIn, now: float, commands: list[Command], notices: list[Notice]) -> None:
         self._reconciling.discard((item.target, item.reason))
         self.stats.reconciles[item.reason] = self.stats.reconciles.get(item.reason, 0) + 1
+        asked_at = item.asked_at if item.asked_at is not None else now
         if item.target is not None and not item.snapshots:
             self.stats.reconcile_no_reply += 1
             log.info("no reconcile reply (unknown, not empty)", worker=item.target, reason=item.reason)
+            notices.extend(self.cluster.note_unanswered(item.target, asked_at, now))
+        elif item.target is None:
+            # The broadcast reached every worker alive when it went out: those that did not answer count.
+            replied = {s.hostname for s in item.snapshots}
+            for worker in list(self.cluster):
+                if worker.hostname not in replied and worker.first_seen <= asked_at:
+                    notices.extend(self.cluster.note_unanswered(worker.hostname, asked_at, now))
         for snapshot in item.snapshots:
             if snapshot.problems:
                 log.warning("partial reconcile reply", worker=snapshot.hostname, problems=list(snapshot.problems))
@@ -560,8 +584,8 @@ class Controller:
 
     def _log_notice(self, notice: Notice) -> None:
         level = "warning" if notice.kind in {
-            "worker-silent", "hostname-collision", "tasks-lost", "reconcile-corrected", "consumer-timeout-near",
-            "consumer-timeout-redelivered",
+            "worker-silent", "hostname-collision", "hostname-contender-left", "tasks-lost", "reconcile-corrected",
+            "remote-control-unanswered", "rollout-blocked", "consumer-timeout-near", "consumer-timeout-redelivered",
         } else "info"
         getattr(log, level)(notice.kind.replace("-", " "), worker=notice.hostname, detail=notice.detail)
 
@@ -630,6 +654,7 @@ class Controller:
         await self._send.send(WorkerStartedIn(handle))
 
     async def _query_registered(self, command: QueryRegistered, control: broker.ControlClient) -> None:
+        asked_at = self.clock()
         try:
             # A worker that just started is busy forking its pool: give it time rather than
             # losing its late reply and asking again a retry interval later.
@@ -643,7 +668,7 @@ class Controller:
         if isinstance(reply, list):
             # Entries may carry attributes: "proj.add [rate_limit=10/s]".
             tasks = tuple(sorted({str(t).split(" ", 1)[0] for t in reply if isinstance(t, str)}))
-        await self._send.send(RegisteredIn(command.hostname, tasks))
+        await self._send.send(RegisteredIn(command.hostname, tasks, asked_at))
 
     def _sync_leases(self) -> None:
         """Hold a lease exactly for the drains under way (resumed ones and those after a reconnect too)."""
@@ -688,6 +713,7 @@ class Controller:
                 log.warning("drain called off: another controller holds the worker's lease", worker=command.hostname)
                 await self._send.send(LeaseDeniedIn(command.hostname))
                 return
+        asked_at = self.clock()
         try:
             results = await control.call_many(
                 [(method, {"queue": q}) for q in command.queues], [command.hostname], timeout_s=timeout
@@ -701,9 +727,10 @@ class Controller:
             replies[queue] = None if reply is None else bool(isinstance(reply, dict) and "ok" in reply)
         log.info(f"{method} sent", worker=command.hostname, replies={q: _word(r) for q, r in replies.items()})
         if isinstance(command, CancelConsumers):
-            await self._send.send(CancelRepliedIn(command.hostname, replies))
+            await self._send.send(CancelRepliedIn(command.hostname, replies, asked_at))
 
     async def _query_queues(self, command: QueryQueues, control: broker.ControlClient) -> None:
+        asked_at = self.clock()
         try:
             result = await control.call("active_queues", {}, [command.hostname],
                                         timeout_s=self.settings.broker.reply_timeout_s)
@@ -711,7 +738,7 @@ class Controller:
             await self._send.send(CommandFailed(command, str(exc)))
             return
         queues = parse_queues(result.replies.get(command.hostname), [])
-        await self._send.send(QueuesRepliedIn(command.hostname, queues))
+        await self._send.send(QueuesRepliedIn(command.hostname, queues, asked_at))
 
     async def _shutdown(self, command: ShutdownWorker, control: broker.ControlClient) -> None:
         try:
@@ -750,7 +777,10 @@ class Controller:
         deadlines = [reply_timeout] if destination is None else [
             min(reply_timeout, 0.25), min(reply_timeout, 0.5), reply_timeout, reply_timeout] if just_seen else [
             reply_timeout, reply_timeout, reply_timeout]
+        asked_at = self.clock()
         for attempt, timeout in enumerate(deadlines):
+            # The last attempt's start: the worker must prove alive after it for silence to count.
+            asked_at = self.clock()
             try:
                 replies = await broker.reconcile(control, destination, timeout_s=timeout)
             except DrainctlError as exc:
@@ -761,9 +791,10 @@ class Controller:
             complete = all(s.tasks is not None and s.clock is not None for s in snapshots)
             if destination is None or (snapshots and complete) or attempt == len(deadlines) - 1:
                 break
-        await self._send.send(SnapshotsIn(command.reason, command.hostname, snapshots))
+        await self._send.send(SnapshotsIn(command.reason, command.hostname, snapshots, asked_at))
 
     async def _enable_events(self, command: EnableEvents, control: broker.ControlClient) -> None:
+        asked_at = self.clock()
         try:
             result = await control.call(
                 "enable_events", {}, [command.hostname], timeout_s=self.settings.broker.reply_timeout_s
@@ -775,7 +806,7 @@ class Controller:
         enabled_now: bool | None = None
         if isinstance(reply, dict) and isinstance(reply.get("ok"), str):
             enabled_now = "already" not in reply["ok"]
-        await self._send.send(EventsEnabledIn(command.hostname, enabled_now))
+        await self._send.send(EventsEnabledIn(command.hostname, enabled_now, asked_at))
 
 
 def _word(reply: bool | None) -> str:

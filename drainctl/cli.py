@@ -192,7 +192,8 @@ def status(url: str, as_json: bool) -> None:
     )
     rows = [("WORKER", "STATE", "RUN", "PREF", "ETA", "QUEUES", "HEARTBEAT", "TASK EVENTS", "CELERY")]
     for w in document.get("workers", []):
-        state = w["state"] + (" COLLISION" if w.get("collision") else "")
+        state = w["state"] + (" COLLISION" if w.get("collision") else "") + (
+            " NO-REMOTE-CONTROL" if w.get("remote_control") == "not answering" else "")
         rows.append((
             w["hostname"], state, str(w["running"]), str(w["reserved"]), str(w["scheduled"]),
             ",".join(w["queues"]) if w.get("queues") is not None else "?",
@@ -203,6 +204,13 @@ def status(url: str, as_json: bool) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if len(rows) == 1:
         click.echo("(no workers seen yet)")
+    for w in document.get("workers", []):
+        if w.get("collision"):
+            click.echo(f"{w['hostname']}: hostname collision: {w['collision']}; drains of that name are refused")
+        if w.get("remote_control") == "not answering":
+            click.echo(f"{w['hostname']}: does not answer remote control ({w.get('remote_control_unanswered')} "
+                       "questions unanswered while it heartbeats): drains refused; stop it with SIGTERM "
+                       "(warm shutdown) and enable worker_enable_remote_control")
 
 
 SUCCESS_OUTCOMES = {"retired", "shutdown-requested", "restarted-by-supervisor"}
@@ -331,6 +339,8 @@ def _render_pools(document: dict[str, Any]) -> list[str]:
                 if waiting:
                     line += f", waiting for {len(waiting)} task(s): " + ", ".join(
                         f"{t['id']} ({t['age_s']:.0f}s)" for t in waiting[:3])
+            if member.get("blocked"):
+                line += f"  BLOCKED: {member['blocked']}"
             lines.append(line)
         for past in pool.get("history", [])[:3]:
             lines.append(f"  {past['id']}: {past['from_version']} -> {past['to_version']} {past['outcome']} "

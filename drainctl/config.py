@@ -48,6 +48,9 @@ class ControllerSettings(_Section):
     silent_after_s: PositiveFloat = 10.0
     offline_retention_s: Annotated[float, Field(ge=0)] = 60.0
     reconcile_min_interval_s: Annotated[float, Field(ge=0)] = 30.0
+    # A worker that heartbeats while 3+ remote-control questions in a row go unanswered over at least
+    # this long is marked as not answering remote control (drains refused, rollouts blocked).
+    no_remote_control_after_s: PositiveFloat = 20.0
 
     @field_validator("id")
     @classmethod

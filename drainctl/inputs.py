@@ -45,12 +45,16 @@ class SnapshotsIn:
     reason: str
     target: str | None
     snapshots: tuple[WorkerSnapshot, ...]
+    # When the question went out (controller clock): a worker that heartbeats after it and never
+    # answers is one that does not answer remote control.
+    asked_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class EventsEnabledIn:
     hostname: str
     enabled_now: bool | None  # None: no reply (unknown)
+    asked_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +73,14 @@ class CancelRepliedIn:
     hostname: str
     # per queue: True ok, False error, None no reply (unknown)
     replies: dict[str, bool | None]
+    asked_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class QueuesRepliedIn:
     hostname: str
     queues: tuple[str, ...] | None
+    asked_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,7 @@ class LeaseDeniedIn:
 class RegisteredIn:
     hostname: str
     tasks: tuple[str, ...] | None
+    asked_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from drainctl.app import Controller
 from drainctl.core.drain import DURATION_BUCKETS, Outcome
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES
-from drainctl.core.model import WorkerState
+from drainctl.core.model import REMOTE_CONTROL_CHECK, WorkerState
 from drainctl.core.rollout import Fleet
 from drainctl.core.snapshot import TaskState
 
@@ -29,6 +29,7 @@ MALFORMED_REASONS = (
 )
 RECONCILE_REASONS = (
     "startup", "worker-online", "worker-heartbeat", "reconnect", "heartbeat-active-mismatch", "events-enabled",
+    REMOTE_CONTROL_CHECK,
 )
 ROLLOUT_OUTCOMES = ("succeeded", "failed", "superseded")
 RELOAD_OUTCOMES = ("applied", "rejected")
@@ -108,7 +109,14 @@ class ModelCollector(Collector):
             "1 while more than one live process speaks under this worker's hostname (drains refused).",
             labels=["hostname"],
         )
+        not_answering = GaugeMetricFamily(
+            "drainctl_worker_remote_control_unanswered",
+            "1 while a worker heartbeats but does not answer remote control (worker_enable_remote_control off?): "
+            "drains refused, rollouts blocked.",
+            labels=["hostname"],
+        )
         collisions = 0
+        deaf = 0
         for worker in cluster:
             member = members.get(worker.hostname)
             pool, version = (member.pool, member.version) if member is not None else ("", "")
@@ -123,6 +131,8 @@ class ModelCollector(Collector):
                 age.add_metric([worker.hostname], max(0.0, now - worker.last_heartbeat))
             info.add_metric([worker.hostname, worker.state.value, worker.sw_ver or "", worker.task_events.value], 1)
             collision.add_metric([worker.hostname], int(worker.collision))
+            not_answering.add_metric([worker.hostname], int(worker.not_answering))
+            deaf += worker.not_answering
         for labels, count in sorted(by_state.items()):
             workers.add_metric(list(labels), count)
         yield workers
@@ -132,6 +142,11 @@ class ModelCollector(Collector):
         yield collision
         yield GaugeMetricFamily(
             "drainctl_hostname_collisions", "Hostnames used by more than one live worker process.", value=collisions
+        )
+        yield not_answering
+        yield GaugeMetricFamily(
+            "drainctl_workers_not_answering_remote_control",
+            "Workers that heartbeat but do not answer remote control (drainctl cannot drain them).", value=deaf,
         )
         yield GaugeMetricFamily(
             "drainctl_tasks_in_flight", "Tasks held by all workers (running, reserved, scheduled).",

@@ -9,8 +9,16 @@ from typing import Any
 
 from drainctl.app import Controller
 from drainctl.core.drain import Drain
+from drainctl.core.model import Worker
 from drainctl.core.snapshot import TaskState
 from drainctl.redact import redact_url
+
+
+def remote_control(worker: Worker) -> str:
+    """`answering`, `not answering` (drains refused) or `unknown` (it has not answered yet)."""
+    if worker.not_answering:
+        return "not answering"
+    return "answering" if worker.answered_at is not None else "unknown"
 
 
 def drain_document(controller: Controller, drain: Drain) -> dict[str, Any]:
@@ -65,6 +73,7 @@ def pools_document(controller: Controller) -> list[dict[str, Any]]:
             workers.append({
                 "hostname": member.hostname, "version": member.version, "status": status,
                 "drain": drain_document(controller, drain) if drain is not None else None,
+                "blocked": fleet.blocked.get(member.hostname),
             })
         active = fleet.rollouts.get(name)
         pools.append({
@@ -115,6 +124,8 @@ def build_status(controller: Controller) -> dict[str, Any]:
             "processed": worker.processed,
             "task_events": worker.task_events.value,
             "collision": worker.collision_reason,
+            "remote_control": remote_control(worker),
+            "remote_control_unanswered": len(worker.unanswered),
             "tasks": tasks,
         })
     stats = controller.stats

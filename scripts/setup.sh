@@ -52,12 +52,16 @@ fi
 
 # Older Celery for the compatibility tests (what Airflow 2 fleets run): the controller speaks the
 # wire protocol and must never require its workers to share its own Celery version.
-if [ -x .venv-celery54/bin/celery ]; then
+# kombu as such fleets pin it (5.4.x): kombu >= 5.7 declares the pidbox queue exclusive, so a second
+# worker with a taken name crashes instead of sharing it, and the tests need the old behaviour too.
+CELERY54_KOMBU=5.4.2
+if [ -x .venv-celery54/bin/celery ] \
+        && .venv-celery54/bin/python -c "import sys, kombu; sys.exit(kombu.__version__ != '$CELERY54_KOMBU')"; then
     log "virtualenv .venv-celery54 exists"
 else
-    log "creating virtualenv .venv-celery54 (celery 5.4)"
-    python3 -m venv .venv-celery54
-    .venv-celery54/bin/pip install -q --disable-pip-version-check 'celery==5.4.0'
+    log "creating virtualenv .venv-celery54 (celery 5.4, kombu $CELERY54_KOMBU)"
+    [ -x .venv-celery54/bin/python ] || python3 -m venv .venv-celery54
+    .venv-celery54/bin/pip install -q --disable-pip-version-check 'celery==5.4.0' "kombu==$CELERY54_KOMBU"
 fi
 
 # --- RabbitMQ ----------------------------------------------------------------

@@ -142,6 +142,18 @@ class Drain:
         return (self.finished_at if self.finished_at is not None else now) - self.started_at
 
 
+def not_answering_reason(worker: Worker) -> str:
+    """Why drainctl will not drain a worker that does not answer remote control, and what to do instead."""
+    return (
+        f"{worker.hostname!r} does not answer remote control: questions to it went unanswered, one after the "
+        "other, while its heartbeats kept arriving (is worker_enable_remote_control off, or its pidbox "
+        "consumer gone?). drainctl stops a worker consuming with cancel_consumer, so it cannot drain this one "
+        "safely. Stop it yourself with a warm shutdown (SIGTERM, docker stop): Celery then stops consuming, "
+        "finishes its running tasks, and its prefetched ones go back to the queue when it disconnects; start "
+        "its replacement with remote control enabled"
+    )
+
+
 def _held(worker: Worker | None) -> tuple[str, ...]:
     if worker is None:
         return ()
@@ -216,9 +228,14 @@ class DrainBook:
         if worker.state is WorkerState.OFFLINE:
             raise DrainRefused(hostname, f"{hostname!r} is already shutting down (worker-offline seen)",
                                overridable=False)
+        if worker.not_answering:
+            raise DrainRefused(hostname, not_answering_reason(worker), overridable=False)
         if worker.queues is None:
-            raise DrainRefused(hostname, f"the queues of {hostname!r} are not known yet (no active_queues reply); "
-                               "retry in a few seconds", overridable=False)
+            unanswered = len(worker.unanswered)
+            so_far = (f"; {unanswered} remote-control question(s) to it went unanswered so far (drainctl keeps "
+                      "asking and says so if it never answers)") if unanswered else ""
+            raise DrainRefused(hostname, f"the queues of {hostname!r} are not known yet (no active_queues reply"
+                               f"{so_far}); retry in a few seconds", overridable=False)
         if worker.state is WorkerState.SILENT and not force:
             raise DrainRefused(hostname, f"{hostname!r} is silent (no heartbeat); it may be dead or busy. "
                                "Use --force to drain it anyway", overridable=True)

@@ -12,6 +12,23 @@ Ordering rules (DESIGN §3):
   is ignored instead of resurrecting it. Tombstones are bounded (oldest dropped first).
 - A snapshot taken at clock C replaces what the model learnt at or before C and leaves alone what
   events taught it after C.
+
+One name, several processes (DESIGN §3): a worker-online from a new pid while the current process
+is alive makes that pid a *contender*, not the new incarnation. Celery >= 5.7 (kombu's exclusive
+pidbox queue) makes a second worker with a taken name announce itself and crash within a second:
+its worker-offline then ends the matter, and the first process keeps the name. If the contender
+heartbeats instead, the current process decides: it spoke meanwhile -> two live processes share
+the name (a collision; older Celery lets them); it fell silent -> it was replaced (a restart).
+
+A collision clears once no second live process has been heard under the name for twice the silent
+window: every heartbeat (or task event) of a second process that has not announced its shutdown
+renews it. A process that sent worker-offline no longer counts: Celery closes its remote-control
+(pidbox) consumer before it sends worker-offline, so commands to the name reach the other one only.
+
+Remote control: a worker that keeps heartbeating while several questions in a row (reconcile,
+active_queues, enable_events, registered, cancel_consumer) go unanswered over a span of time does
+not answer remote control (`worker_enable_remote_control = False`, or a pidbox consumer that died).
+drainctl cannot stop such a worker consuming, so it refuses to drain it and says so once.
 """
 
 from __future__ import annotations
@@ -26,10 +43,16 @@ from drainctl.core.commands import Command, EnableEvents, Reconcile
 from drainctl.core.events import TERMINAL_TASK_EVENTS, Event, TaskEvent, WorkerEvent
 from drainctl.core.snapshot import TaskState, WorkerSnapshot
 
-__all__ = ["Cluster", "Notice", "Task", "TaskState", "Worker", "WorkerState"]
+__all__ = ["REMOTE_CONTROL_CHECK", "Cluster", "Notice", "Task", "TaskState", "Worker", "WorkerState"]
 
 # Late events arrive within seconds; 20k finished tasks covers a fleet doing 1000 tasks/s.
 DEFAULT_MAX_TOMBSTONES: Final = 20_000
+# Unanswered remote-control questions it takes (at least, and over `no_remote_control_after_s`)
+# to call a heartbeating worker one that does not answer remote control.
+UNANSWERED_QUESTIONS: Final = 3
+# Ask times kept per worker: the first (where the span starts) and the latest ones.
+MAX_UNANSWERED_KEPT: Final = 10
+REMOTE_CONTROL_CHECK: Final = "remote-control-check"
 
 
 class WorkerState(StrEnum):
@@ -84,6 +107,15 @@ class Worker:
     offline_pids: set[int] = field(default_factory=set)
     collision_at: float | None = None
     collision_reason: str | None = None
+    # A pid that announced itself (worker-online) while the current process was alive: its next
+    # words decide whether it is a restart, a duplicate that could not start, or a collision.
+    contender: int | None = None
+    contender_at: float | None = None
+    current_spoke: bool = False  # the current process sent an event since the contender appeared
+    # Remote control: when each question left unanswered since the last answer was asked.
+    unanswered: list[float] = field(default_factory=list)
+    answered_at: float | None = None
+    not_answering_since: float | None = None
     active_mismatches: int = 0
     reconcile_requested_at: float | None = None
     # When the last task on this worker ended (model time): drain reaction latency is measured from it.
@@ -94,6 +126,16 @@ class Worker:
     @property
     def collision(self) -> bool:
         return self.collision_at is not None
+
+    @property
+    def not_answering(self) -> bool:
+        """It heartbeats but leaves remote-control questions unanswered (drainctl cannot drain it)."""
+        return self.not_answering_since is not None
+
+    def unanswered_proof(self) -> list[float]:
+        """The unanswered questions the worker was provably alive for: a heartbeat came after each was asked."""
+        last = self.last_heartbeat
+        return [t for t in self.unanswered if last is not None and last > t]
 
     def heartbeat_says_busy(self) -> bool:
         """The last heartbeat counted running tasks, and no task ended after it was sent."""
@@ -132,11 +174,13 @@ class Cluster:
         silent_after_s: float = 10.0,
         offline_retention_s: float = 60.0,
         reconcile_min_interval_s: float = 30.0,
+        no_remote_control_after_s: float = 20.0,
         max_tombstones: int = DEFAULT_MAX_TOMBSTONES,
     ) -> None:
         self.silent_after_s = silent_after_s
         self.offline_retention_s = offline_retention_s
         self.reconcile_min_interval_s = reconcile_min_interval_s
+        self.no_remote_control_after_s = no_remote_control_after_s
         self.max_tombstones = max_tombstones
         self.workers: dict[str, Worker] = {}
         self._tombstones: OrderedDict[tuple[str, str], _Tombstone] = OrderedDict()
@@ -180,31 +224,67 @@ class Cluster:
         commands: list[Command] = [Reconcile(hostname, reason), EnableEvents(hostname)]
         return worker, commands, [Notice("worker-discovered", hostname, reason)]
 
-    def _note_pid(self, worker: Worker, pid: int | None, now: float, *, online: bool) -> Notice | None:
-        """Track which process speaks for a hostname; flag two live ones as a collision."""
+    def _note_pid(self, worker: Worker, pid: int | None, now: float, kind: str) -> Notice | None:
+        """Track which process speaks for a hostname; flag two live ones as a collision.
+
+        `kind` is the event type (`task` for any task event).
+        """
         if pid is None:
             return None
-        if worker.pid is None or pid == worker.pid:
+        current = worker.pid
+        if current is None or pid == current:
             worker.pid = pid
             worker.pids[pid] = now
+            if worker.contender is not None:
+                worker.current_spoke = True
             return None
         known = pid in worker.pids
-        current_recent = (
-            worker.pid not in worker.offline_pids
-            and now - worker.pids.get(worker.pid, -1e18) <= self.silent_window(worker)
-        )
-        if known and pid in worker.offline_pids:
-            # A previous incarnation finishing its warm shutdown: its events are expected.
-            worker.pids[pid] = now
+        worker.pids[pid] = now
+        if pid in worker.offline_pids:
+            # A process that announced its shutdown, finishing its tasks: its events are expected.
             return None
-        if known or (not online and current_recent):
-            worker.pids[pid] = now
-            return self._collide(worker, now, f"two processes (pids {worker.pid} and {pid}) use this name")
-        # A new incarnation (restart after exit or SIGKILL).
+        current_gone = current in worker.offline_pids or (
+            now - worker.pids.get(current, -1e18) > self.silent_window(worker))
+        if current_gone:
+            return self._replace(worker, pid)
+        if kind == "worker-offline":
+            return self._contender_left(worker, pid, now, known)
+        if kind == "worker-online" and not known:
+            worker.contender = pid
+            worker.contender_at = now
+            worker.current_spoke = False
+            return None
+        if pid == worker.contender and kind == "worker-online":
+            return None  # said again: still undecided
+        if pid == worker.contender and not worker.current_spoke:
+            # The current process has said nothing since the contender appeared: it was replaced.
+            return self._replace(worker, pid)
+        if pid == worker.contender:
+            worker.contender = None
+        return self._collide(worker, now, f"two processes (pids {current} and {pid}) use this name")
+
+    def _contender_left(self, worker: Worker, pid: int, now: float, known: bool) -> Notice | None:
+        """Another process under this name shuts down: a twin stopping, or a duplicate that could not start."""
+        worker.offline_pids.add(pid)
+        if pid != worker.contender and known:
+            return None  # a process already flagged as a collision: the collision clears in time
+        since = "" if worker.contender_at is None or pid != worker.contender else (
+            f" {now - worker.contender_at:.1f}s after it announced itself")
+        worker.contender = None
+        return Notice("hostname-contender-left", worker.hostname,
+                      f"pid {pid} shut down under this name{since} while pid {worker.pid} keeps it "
+                      "(a second worker started with the same -n?)")
+
+    def _replace(self, worker: Worker, pid: int) -> Notice:
+        """A new incarnation (a restart after an exit or SIGKILL) takes the name."""
         previous = worker.pid
         worker.pid = pid
-        worker.pids[pid] = now
         worker.worker_clock = -1
+        worker.contender = None
+        # A new process: what the old one answered (or did not) says nothing about it.
+        worker.unanswered.clear()
+        worker.answered_at = None
+        worker.not_answering_since = None
         return Notice("worker-restarted", worker.hostname, f"pid {previous} -> {pid}")
 
     def _collide(self, worker: Worker, now: float, reason: str) -> Notice | None:
@@ -216,11 +296,15 @@ class Cluster:
     def _apply_worker(self, event: WorkerEvent, now: float) -> tuple[list[Command], list[Notice]]:
         worker, commands, notices = self._discover(event.hostname, now, event.type)
         online = event.type == "worker-online"
-        notice = self._note_pid(worker, event.pid, now, online=online)
+        notice = self._note_pid(worker, event.pid, now, event.type)
         if notice is not None:
             notices.append(notice)
             if notice.kind == "worker-restarted":
                 notices.extend(self._drop_tasks_of_dead_incarnation(worker))
+                if not online and not commands:
+                    # Its worker-online was held back while the name was contended: ask now.
+                    worker.reconcile_requested_at = now
+                    commands = [Reconcile(worker.hostname, "worker-online"), EnableEvents(worker.hostname)]
         if not _same_process(event.pid, worker.pid):
             # An event from a previous incarnation or a colliding process: it must not
             # move the state of the current one.
@@ -304,12 +388,9 @@ class Cluster:
         if worker.task_events is TaskEvents.UNKNOWN:
             worker.task_events = TaskEvents.ON
         worker.last_seen = now
-        if event.pid is not None and event.pid not in worker.pids:
-            notice = self._note_pid(worker, event.pid, now, online=False)
-            if notice is not None:
-                notices.append(notice)
-        elif event.pid is not None:
-            worker.pids[event.pid] = now
+        notice = self._note_pid(worker, event.pid, now, "task")
+        if notice is not None:
+            notices.append(notice)
         key = (event.hostname, event.uuid)
         tomb = self._tombstones.get(key)
         if tomb is not None and _same_process(tomb.pid, event.pid) and event.clock <= tomb.clock:
@@ -384,6 +465,76 @@ class Cluster:
         worker.reconcile_requested_at = now
         return [Reconcile(hostname, "events-enabled")]
 
+    # ------------------------------------------------------------------ remote control
+    def note_answered(self, hostname: str, now: float) -> list[Notice]:
+        """The worker answered a remote-control question: it answers remote control."""
+        worker = self.workers.get(hostname)
+        if worker is None:
+            return []
+        worker.unanswered.clear()
+        worker.answered_at = now
+        if worker.not_answering_since is None:
+            return []
+        worker.not_answering_since = None
+        return [Notice("remote-control-answered", hostname, "it answers remote-control commands again")]
+
+    def note_unanswered(self, hostname: str, asked_at: float, now: float) -> list[Notice]:
+        """A remote-control question asked at `asked_at` got no reply from the worker in time."""
+        worker = self.workers.get(hostname)
+        if worker is None:
+            return []
+        if worker.unanswered and asked_at < worker.unanswered[-1]:
+            # Replies to questions asked at once arrive in any order; keep the list sorted.
+            worker.unanswered.append(asked_at)
+            worker.unanswered.sort()
+        else:
+            worker.unanswered.append(asked_at)
+        if len(worker.unanswered) > MAX_UNANSWERED_KEPT:
+            del worker.unanswered[1]  # the first stays: the span starts there
+        notice = self._judge_remote_control(worker, now)
+        return [notice] if notice is not None else []
+
+    def _judge_remote_control(self, worker: Worker, now: float) -> Notice | None:
+        if worker.not_answering_since is not None or worker.state is not WorkerState.ONLINE:
+            return None
+        proof = worker.unanswered_proof()
+        if len(proof) < UNANSWERED_QUESTIONS:
+            return None
+        span = now - proof[0]
+        if span < self.no_remote_control_after_s:
+            return None
+        worker.not_answering_since = now
+        return Notice("remote-control-unanswered", worker.hostname, (
+            f"{len(proof)} remote-control questions in a row went unanswered over {span:.0f}s while its "
+            "heartbeats kept arriving: is worker_enable_remote_control off (or its pidbox consumer gone)? "
+            "drainctl cannot stop it consuming, so it will not drain it"))
+
+    def recheck(self, now: float) -> tuple[list[Command], list[Notice]]:
+        """Time passes: ask again what went unanswered; call a worker that keeps not answering so.
+
+        A worker whose last question went unanswered is asked again at a third of
+        `no_remote_control_after_s` while undecided; once decided (or when it answers but its queues
+        are still unknown), every `reconcile_min_interval_s`, so a worker whose remote control
+        comes back is noticed.
+        """
+        commands: list[Command] = []
+        notices: list[Notice] = []
+        for worker in self.workers.values():
+            notice = self._judge_remote_control(worker, now)
+            if notice is not None:
+                notices.append(notice)
+            if worker.state is not WorkerState.ONLINE or (worker.queues is not None and not worker.unanswered):
+                continue
+            interval = self.no_remote_control_after_s / UNANSWERED_QUESTIONS
+            if worker.not_answering_since is not None or not worker.unanswered:
+                # Decided, or it answers but without its queues: no hurry.
+                interval = max(interval, self.reconcile_min_interval_s)
+            last = worker.reconcile_requested_at if worker.reconcile_requested_at is not None else worker.first_seen
+            if now - last >= interval:
+                worker.reconcile_requested_at = now
+                commands.append(Reconcile(worker.hostname, REMOTE_CONTROL_CHECK))
+        return commands, notices
+
     def merge(self, snapshot: WorkerSnapshot, now: float) -> tuple[list[Command], list[Notice]]:
         """Merge one worker's reconcile reply. The worker replied, so it is alive."""
         worker = self.workers.get(snapshot.hostname)
@@ -395,6 +546,7 @@ class Cluster:
             notices.append(Notice("worker-discovered", snapshot.hostname, "reconcile reply"))
             commands.append(EnableEvents(snapshot.hostname))
         worker.last_seen = now
+        notices.extend(self.note_answered(worker.hostname, now))
         if worker.state is WorkerState.SILENT:
             worker.state = WorkerState.ONLINE
             notices.append(Notice("worker-recovered", worker.hostname, "answered a reconcile"))
@@ -480,6 +632,8 @@ class Cluster:
                     if pid != worker.pid and now - seen > 2 * window:
                         del worker.pids[pid]
                         worker.offline_pids.discard(pid)
+                        if pid == worker.contender:
+                            worker.contender = None  # announced itself, then never heard of again
         return notices
 
     def _release_held_tasks(self, worker: Worker, now: float) -> Notice | None:

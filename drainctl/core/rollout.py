@@ -13,6 +13,11 @@ Invariants it keeps, per pool:
 - an old worker is drained only when ready new + serving old workers exceed `replicas`, so every
   queue keeps its consumers; and a new worker is ready only when it is online, consumes every queue
   of the pool and registers every task the old version registered.
+
+A worker that does not answer remote control (see the model) can be neither gated nor drained:
+a new one fails its readiness gate as soon as the model says so (the rollout aborts, saying why);
+any member the rollout would drain is left running and reported *blocked* with the reason (once),
+never killed: only a warm shutdown by its operator (SIGTERM) stops it without losing work.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from drainctl.core.commands import (
     QueryRegistered,
     StartWorker,
 )
-from drainctl.core.drain import DrainBook, DrainPolicy, DrainRefused, Phase
+from drainctl.core.drain import DrainBook, DrainPolicy, DrainRefused, Phase, not_answering_reason
 from drainctl.core.model import Cluster, Notice, WorkerState
 
 REGISTERED_RETRY_S = 1.0
@@ -110,6 +115,8 @@ class Fleet:
         self.failures: dict[str, list[Failure]] = {}
         self.next_start_at: dict[str, float] = {}
         self.consecutive_failures: dict[str, int] = {}
+        # Members a rollout needs drained but cannot drain, and why (each reported once).
+        self.blocked: dict[str, str] = {}
         self.rollout_outcomes: Counter[str] = Counter()
         self._seq = 0
 
@@ -145,6 +152,7 @@ class Fleet:
     def exited(self, hostname: str, exit_code: int | None, now: float) -> list[Notice]:
         member = self.members.pop(hostname, None)
         self.cancelled.pop(hostname, None)
+        self.blocked.pop(hostname, None)
         if member is None:
             return []
         if member.ready_at is None and member.failed is None:
@@ -248,22 +256,33 @@ class Fleet:
                 commands.append(StartWorker(pool.name, target, hostname))
                 notices.append(Notice("worker-starting", hostname, f"{pool.name} {target}"))
 
-        # 3. Drain old workers, one for each ready new worker beyond the pool's size.
+        # 3. Drain old workers, one for each ready new worker beyond the pool's size; those that can be
+        # drained first.
         draining = set(drains.active)
-        serving_old = [m for m in members if m.version != target and m.hostname not in draining
-                       and m.failed is None and m.ready_at is not None]
+        blocked: dict[str, str] = {}
+        serving_old = sorted((m for m in members if m.version != target and m.hostname not in draining
+                              and m.failed is None and m.ready_at is not None),
+                             key=lambda m: self._not_answering(cluster, m.hostname))
         excess = len(ready_new) + len(serving_old) - pool.replicas
         for member in serving_old[:max(0, excess)]:
-            commands.extend(self._drain(member, pool, cluster, drains, now, active, notices))
+            commands.extend(self._drain(member, pool, cluster, drains, now, active, blocked))
+        # An old worker that never passed the gate (adopted so) and does not answer: never drained.
+        for member in members:
+            if (member.version != target and member.failed is None and member.ready_at is None
+                    and self._not_answering(cluster, member.hostname)):
+                worker = cluster.worker(member.hostname)
+                assert worker is not None
+                blocked[member.hostname] = not_answering_reason(worker)
         # 4. Failed workers still alive are drained, never just stopped: they may hold tasks.
         for member in members:
             if member.failed is not None and member.hostname not in draining:
-                commands.extend(self._drain(member, pool, cluster, drains, now, active, notices, force=True))
+                commands.extend(self._drain(member, pool, cluster, drains, now, active, blocked, force=True))
         # 5. More ready target workers than the pool's size (replicas lowered): drain the newest.
         if len(ready_new) > pool.replicas:
             for member in sorted(ready_new, key=lambda m: m.started_at)[pool.replicas:]:
                 if member.hostname not in draining:
-                    commands.extend(self._drain(member, pool, cluster, drains, now, active, notices))
+                    commands.extend(self._drain(member, pool, cluster, drains, now, active, blocked))
+        notices.extend(self._report_blocked(members, blocked))
 
         if active is not None:
             active.replaced = len(ready_new)
@@ -274,10 +293,33 @@ class Fleet:
             self.consecutive_failures.pop(pool.name, None)
         return commands, notices
 
+    @staticmethod
+    def _not_answering(cluster: Cluster, hostname: str) -> bool:
+        worker = cluster.worker(hostname)
+        return worker is not None and worker.not_answering
+
+    def _report_blocked(self, members: list[Member], blocked: dict[str, str]) -> list[Notice]:
+        """Keep `self.blocked` for this pool's members; a notice when a member becomes blocked (or why changes)."""
+        notices = []
+        for member in members:
+            reason = blocked.get(member.hostname)
+            if reason is None:
+                self.blocked.pop(member.hostname, None)
+            elif self.blocked.get(member.hostname) != reason:
+                self.blocked[member.hostname] = reason
+                notices.append(Notice("rollout-blocked", member.hostname, f"{member.pool}: {reason}"))
+        return notices
+
     def _readiness(
         self, member: Member, pool: PoolTarget, cluster: Cluster, now: float, notices: list[Notice]
     ) -> list[Command]:
         worker = cluster.worker(member.hostname)
+        if worker is not None and worker.not_answering and not member.adopted:
+            notices.extend(self._fail(member, (
+                "does not answer remote control (is worker_enable_remote_control off?): the readiness gate "
+                "cannot check the queues it consumes nor the tasks it registers, and drainctl could never drain it"
+            ), now))
+            return []
         online = worker is not None and worker.state is WorkerState.ONLINE
         consuming = (worker is not None and worker.queues is not None
                      and set(pool.queues) <= set(worker.queues))
@@ -306,9 +348,12 @@ class Fleet:
                                   f"{now - member.started_at:.1f}s"))
             return commands
         if now - member.started_at > pool.ready_timeout_s and not member.adopted:
+            unanswered = f", remote-control questions unanswered: {len(worker.unanswered)}" if (
+                worker is not None and worker.unanswered) else ""
             notices.extend(self._fail(member, (
                 f"not ready after {pool.ready_timeout_s:g}s (online: {online}, consuming all of "
-                f"{', '.join(pool.queues)}: {consuming}, tasks registered: {member.registered is not None})"), now))
+                f"{', '.join(pool.queues)}: {consuming}, tasks registered: {member.registered is not None}"
+                f"{unanswered})"), now))
         return commands
 
     def _baseline(self, pool: str, version: str) -> frozenset[str] | None:
@@ -321,11 +366,15 @@ class Fleet:
 
     def _drain(
         self, member: Member, pool: PoolTarget, cluster: Cluster, drains: DrainBook, now: float,
-        rollout: Rollout | None, notices: list[Notice], *, force: bool = False,
+        rollout: Rollout | None, blocked: dict[str, str], *, force: bool = False,
     ) -> list[Command]:
         rollout_id = rollout.id if rollout is not None else f"{pool.name}-reconcile"
         requested_by = f"rollout:{rollout_id}"
         worker = cluster.worker(member.hostname)
+        if worker is not None and worker.not_answering:
+            # Never killed instead: a warm shutdown by its operator is the one safe way to stop it.
+            blocked[member.hostname] = not_answering_reason(worker)
+            return []
         if member.hostname in self.cancelled and worker is not None and worker.queues is not None and not (
                 set(pool.queues) & set(worker.queues)):
             drains.resume(cluster, member.hostname, pool.queues, now, policy=pool.drain_policy, managed=True,
@@ -338,7 +387,7 @@ class Fleet:
             _, commands = drains.start(cluster, member.hostname, now, policy=pool.drain_policy, managed=True,
                                        force=force, requested_by=requested_by)
         except DrainRefused as refused:
-            notices.append(Notice("rollout-waiting", member.hostname, refused.reason))
+            blocked[member.hostname] = refused.reason
             return []
         self.cancelled[member.hostname] = rollout_id
         return [JournalCancel(member.hostname, rollout_id), *commands]

@@ -194,7 +194,7 @@ def test_old_worker_unknown_to_the_model_is_not_drained_yet_and_refusals_wait() 
     cluster.set_queues(old, ("q",))
     book = DrainBook()
     commands, notices = f.plan({"p": v2}, cluster, book, 7)
-    assert any(n.kind == "rollout-waiting" for n in notices)  # q would have no other consumer
+    assert any(n.kind == "rollout-blocked" for n in notices)  # q would have no other consumer
 
 
 def test_a_reverted_drain_of_a_never_ready_member_counts_it_ready() -> None:

@@ -13,6 +13,9 @@ fixture. It is configured from the environment so each worker can be started dif
 ``TASKAPP_SHUTDOWN_DELAY``
     Seconds the worker's main process waits in ``worker_shutdown`` before it exits (default 0):
     a slow warm shutdown, to widen the window in which a controller sees it retiring.
+``TASKAPP_REMOTE_CONTROL``
+    ``"0"`` sets ``worker_enable_remote_control = False``: the worker sends events and heartbeats
+    but has no pidbox, so it answers no remote-control command (default ``"1"``).
 ``TASKAPP_RECORD_DIR``
     If set, :func:`sleep`, :func:`broken` and :func:`flaky` append JSON lines describing their
     executions to ``<dir>/<worker pid>.jsonl`` (one file per pool process); read them with
@@ -45,6 +48,7 @@ app.conf.update(
     worker_prefetch_multiplier=int(os.environ.get("TASKAPP_PREFETCH", "1")),
     task_acks_late=os.environ.get("TASKAPP_ACKS_LATE", "0") == "1",
     worker_hijack_root_logger=False,
+    worker_enable_remote_control=os.environ.get("TASKAPP_REMOTE_CONTROL", "1") != "0",
 )
 
 
