@@ -151,6 +151,8 @@ class PoolSettings(_Section):
     drain_deadline_s: PositiveFloat | None = None
     on_drain_deadline: Literal["wait", "escalate"] = "wait"
     stop_timeout_s: PositiveFloat = 600.0
+    # After the remote `shutdown` of an idle worker, how long it may take to exit before the runtime stops it.
+    retire_grace_s: PositiveFloat = 15.0
     network_mode: str = "host"
     binds: list[str] = Field(default_factory=list)
     cwd: str | None = None

@@ -21,7 +21,7 @@ def target_of(pool: PoolSettings, host: str | None = None) -> PoolTarget:
         version=pool.target_version,
         ready_timeout_s=pool.ready_timeout_s,
         drain_policy=DrainPolicy(deadline_s=pool.drain_deadline_s, on_deadline=pool.on_drain_deadline,
-                                 stop_timeout_s=pool.stop_timeout_s),
+                                 stop_timeout_s=pool.stop_timeout_s, retire_grace_s=pool.retire_grace_s),
         host=host or socket.gethostname(),
     )
 

@@ -28,8 +28,15 @@ echo "[test] lint-imports"
 .venv/bin/lint-imports
 
 echo "[test] the pure core is fully covered by its own tests"
-.venv/bin/coverage run --source=drainctl/core -m pytest -q -p no:cacheprovider tests/core >/dev/null
+.venv/bin/coverage run --source=drainctl/core -m pytest -q -p no:cacheprovider tests/core
 .venv/bin/coverage report --fail-under=100 --skip-covered
 
-echo "[test] pytest $*"
-exec .venv/bin/python -m pytest -q "$@"
+# The core tests just ran; by default the rest runs on two pytest-xdist workers: integration tests
+# mostly wait on real workers and brokers, and every test has its own vhost, queues, ports and
+# controller id, so two at a time share the machine safely. DRAINCTL_TEST_WORKERS=0 runs serially.
+if [ $# -eq 0 ]; then
+    set -- --ignore=tests/core
+fi
+workers="${DRAINCTL_TEST_WORKERS:-2}"
+echo "[test] pytest -n $workers $*"
+exec .venv/bin/python -m pytest -q -n "$workers" "$@"

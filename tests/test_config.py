@@ -185,3 +185,16 @@ def test_consumer_timeout_defaults_to_rabbitmqs_and_is_given_in_seconds(tmp_path
     assert (defaults.consumer_timeout_s, defaults.consumer_timeout_warn_at) == (1800.0, 0.8)
     broker = config.load(write(tmp_path, "[broker]\nconsumer_timeout_s = 7200\nconsumer_timeout_warn_at = 1\n")).broker
     assert (broker.consumer_timeout_s, broker.consumer_timeout_warn_at) == (7200.0, 1.0)
+
+
+def test_drain_policy_of_a_pool_comes_from_its_keys(tmp_path: Path) -> None:
+    from drainctl.pools import target_of
+
+    text = POOL.replace('command = ["celery", "-A", "proj", "worker"]',
+                        'command = ["celery", "-A", "proj", "worker"]\nretire_grace_s = 3\nstop_timeout_s = 9', 1)
+    pools = config.load(write(tmp_path, text)).pools()
+    policy = target_of(pools["default"], host="h").drain_policy
+    assert (policy.retire_grace_s, policy.stop_timeout_s) == (3.0, 9.0)
+    assert target_of(pools["reports"], host="h").drain_policy.retire_grace_s == 15.0
+    # How long drainctl waits is not what a worker is: no new version for it.
+    assert pools["default"].fingerprint == config.load(write(tmp_path, POOL)).pools()["default"].fingerprint

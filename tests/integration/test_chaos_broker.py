@@ -22,8 +22,8 @@ import pytest
 from celery import Celery
 
 from drainctl.core.drain import Phase
-from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records
+from tests.integration.controllers import stop_workers
 from tests.integration.private_rabbit import PrivateRabbit
 from tests.integration.test_rollout import PoolHarness, pool_at, running
 
@@ -128,10 +128,7 @@ async def test_rollout_survives_a_broker_restart(private_rabbit: PrivateRabbit, 
     finally:
         sender.close()
         # running() stops the workers only when its block ends normally: make sure none outlives a failure.
-        runtime = ProcessRuntime(harness.state_dir, harness.controller_id)
-        with anyio.move_on_after(60, shield=True):
-            for handle in await runtime.adopt():
-                await runtime.stop(handle, 20)
+        await stop_workers(harness.state_dir, harness.controller_id)
 
     runs = read_records(harness.records)
     starts = Counter(r["uuid"] for r in runs if r["event"] == "start")

@@ -18,9 +18,9 @@ import anyio
 import pytest
 from celery import Celery
 
-from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records, wait_until
 from tests.integration.conftest import REPO_ROOT
+from tests.integration.controllers import stop_workers
 from tests.integration.test_rollout import WORKER, PoolHarness, send
 
 TOKEN = "controller-test-token"
@@ -90,13 +90,7 @@ def controller_process(tmp_path: Path, broker_url: str) -> Iterator[ControllerPr
         yield controller
     finally:
         controller.stop()
-
-        async def stop_workers() -> None:
-            runtime = ProcessRuntime(harness.state_dir, harness.controller_id)
-            for handle in await runtime.adopt():
-                await runtime.stop(handle, 20)
-
-        anyio.run(stop_workers)
+        anyio.run(stop_workers, harness.state_dir, harness.controller_id)
 
 
 def settled(controller: ControllerProcess, version: str) -> Callable[[], bool]:

@@ -25,7 +25,7 @@ from drainctl.errors import DrainctlError
 from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records
 from tests.integration.conftest import REPO_ROOT
-from tests.integration.controllers import synced
+from tests.integration.controllers import stop_workers, synced
 
 pytestmark = pytest.mark.anyio
 
@@ -91,10 +91,7 @@ async def running(harness: PoolHarness) -> AsyncIterator[Controller]:
             yield ctl
     finally:
         # Workers outlive the controller on purpose; the test stops them, whatever happened.
-        runtime = ProcessRuntime(harness.state_dir, harness.controller_id)
-        with anyio.move_on_after(60, shield=True):
-            for handle in await runtime.adopt():
-                await runtime.stop(handle, 20)
+        await stop_workers(harness.state_dir, harness.controller_id)
 
 
 def pool_at(ctl: Controller, version: str) -> bool:
@@ -262,7 +259,7 @@ async def test_rollout_on_the_docker_runtime(
         hung = stubborn and version == "v1"
         harness.write(version, extra_env=', TASKAPP_SHUTDOWN_DELAY = "300"' if hung else "")
         text = harness.path.read_text().replace("replicas = 3", f"replicas = {replicas}")
-        text = text.replace("stop_timeout_s = 30", f"stop_timeout_s = {3 if hung else 30}")
+        text = text.replace("stop_timeout_s = 30", f"stop_timeout_s = {3 if hung else 30}\nretire_grace_s = 3")
         text += f'runtime = "docker"\nimage = "{IMAGE}"\nbinds = {_toml_list(binds)}\n'
         harness.path.write_text(text)
 
