@@ -193,13 +193,16 @@ def main() -> None:
           f"{args.polls} polled drains each)")
     print(f"{'approach':40} {'p50 ms':>10} {'p99 ms':>10} {'max ms':>10}")
     for label, values in rows:
+        if not values:  # --polls 0
+            continue
         print(f"{label:40} {1000 * percentile(values, 50):10.1f} {1000 * percentile(values, 99):10.1f} "
               f"{1000 * max(values):10.1f}")
     print(f"\ndrainctl, controller side only (task-succeeded received -> shutdown sent): "
           f"p50 {1000 * percentile(reaction, 50):.1f} ms, p99 {1000 * percentile(reaction, 99):.1f} ms")
-    print(f"ratio p50 polling-1s / drainctl: {percentile(poll1, 50) / percentile(end_to_end, 50):.0f}x; "
-          f"polling-5s / drainctl: {percentile(poll5, 50) / percentile(end_to_end, 50):.0f}x")
-    print(f"one `celery inspect active` call costs {statistics.mean(cpu1 + cpu5):.2f} s CPU on average")
+    if poll1 and poll5:
+        print(f"ratio p50 polling-1s / drainctl: {percentile(poll1, 50) / percentile(end_to_end, 50):.0f}x; "
+              f"polling-5s / drainctl: {percentile(poll5, 50) / percentile(end_to_end, 50):.0f}x")
+        print(f"one `celery inspect active` call costs {statistics.mean(cpu1 + cpu5):.2f} s CPU on average")
     print(f"controller CPU while a drain waits on a 10 s task: {1000 * idle_cpu:.1f} ms per second")
     target = percentile(end_to_end, 99) <= 0.025
     print(f"target p99 <= 25 ms: {'met' if target else 'NOT met'}")

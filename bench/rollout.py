@@ -65,7 +65,7 @@ concurrency = 2
 version = "{version}"
 command = ["{python}", "-m", "celery", "-A", "tests.integration.taskapp", "worker", "-E", "--without-mingle",
            "--without-gossip", "-l", "WARNING"]
-env = {{ DRAINCTL_TEST_BROKER_URL = "{url}", TASKAPP_PREFETCH = "1", TASKAPP_RECORD_DIR = "{records}", PYTHONPATH = "{root}" }}
+env = {{ DRAINCTL_TEST_BROKER_URL = "{url}", TASKAPP_PREFETCH = "1", TASKAPP_ACKS_LATE = "{acks_late}", TASKAPP_RECORD_DIR = "{records}", PYTHONPATH = "{root}" }}
 cwd = "{root}"
 stop_timeout_s = 60
 """
@@ -127,7 +127,7 @@ async def run(args: argparse.Namespace) -> None:
 
     def write(version: str) -> None:
         path.write_text(CONFIG.format(state=work / "state", version=version, python=sys.executable, url=url,
-                                      records=records, root=ROOT))
+                                      records=records, root=ROOT, acks_late="0" if args.acks_early else "1"))
 
     write("v1")
     ctl = Controller(config.load(path), url, runtime=ProcessRuntime(work / "state", "bench-rollout"),
@@ -208,7 +208,7 @@ async def run(args: argparse.Namespace) -> None:
             waits[when].append(began[task_id] - sent_at)
     lost = [t for t, (_, when) in sent.items() if when in waits and t not in began]
     print(f"\nqueue wait (sent -> started), {args.rate:g}/s of {args.task_min:g}-{args.task_max:g} s tasks "
-          "on 3 workers x 2 slots")
+          f"on 3 workers x 2 slots, {'acks-early' if args.acks_early else 'acks_late'}, prefetch multiplier 1")
     print(f"{'phase':10} {'tasks':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for when, values in waits.items():
         print(f"{when:10} {len(values):6} {1000 * percentile(values, 50):8.1f} {1000 * percentile(values, 99):8.1f} "
@@ -237,6 +237,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=3.0)
     parser.add_argument("--task-min", type=float, default=0.2)
     parser.add_argument("--task-max", type=float, default=1.8)
+    parser.add_argument("--acks-early", action="store_true",
+                        help="Celery's default acks instead of acks_late (Airflow's default): with acks-early a worker "
+                             "whose slots are all busy still reserves tasks, which then wait for a slot")
     args = parser.parse_args()
     rabbitmqctl("add_vhost", VHOST)
     rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")

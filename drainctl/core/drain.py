@@ -127,7 +127,7 @@ class Drain:
     finished_at: float | None = None
     detail: str = ""
     lost_tasks: tuple[str, ...] = ()
-    # Seconds from the worker's last task end to the `shutdown` command (drain reaction latency).
+    # Seconds from the worker's last task end (or the drain's start, if later) to the `shutdown` command.
     reaction_s: float | None = None
     # Tasks already reported as near RabbitMQ's consumer_timeout (one notice per task), and those of them
     # another worker received since (the broker delivered them again).
@@ -353,7 +353,8 @@ class DrainBook:
         self._enter(drain, Phase.RETIRING, now)
         drain.shutdown_at = now
         if worker is not None and worker.last_task_end is not None:
-            drain.reaction_s = max(0.0, now - worker.last_task_end)
+            # An idle worker's last task ended before the drain began: its reaction counts from the start.
+            drain.reaction_s = max(0.0, now - max(worker.last_task_end, drain.started_at))
         return [ShutdownWorker(hostname)]
 
     def exited(self, cluster: Cluster, hostname: str, exit_code: int | None, forced: bool, now: float) -> list[Notice]:

@@ -337,3 +337,16 @@ def test_abandon_gives_the_drain_up_without_touching_the_worker() -> None:
     assert book.get(A).outcome is Outcome.CANCELLED  # type: ignore[union-attr]
     assert cluster.worker(A).queues == ("q",)  # type: ignore[union-attr]
     assert book.abandon(A, 2, "again") == []
+
+
+def test_reaction_of_an_idle_worker_counts_from_the_drains_start() -> None:
+    cluster = fleet((A, ("q",)), (B, ("q",)))
+    feed(cluster, [task_event("started", "old", 2, host=A, pid=1), task_event("succeeded", "old", 3, host=A, pid=1)],
+         now=1)
+    book = DrainBook()
+    book.start(cluster, A, 5.0, policy=POLICY, managed=True)
+    book.cancel_replied(A, {"q": True}, 5.0)
+    assert book.evaluate(cluster, 5.01) == ([Reconcile(A, CONFIRM_REASON)], [])
+    assert book.confirm_done(cluster, A, True, 5.03) == [ShutdownWorker(A)]
+    drain = book.get(A)
+    assert drain is not None and drain.reaction_s == pytest.approx(0.03)  # not 4.03: it was idle since 1
