@@ -233,7 +233,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steady", type=float, default=15.0)
-    parser.add_argument("--rollouts", type=int, default=4)
+    parser.add_argument("--rollouts", type=int, default=8)
     parser.add_argument("--rate", type=float, default=3.0)
     parser.add_argument("--task-min", type=float, default=0.2)
     parser.add_argument("--task-max", type=float, default=1.8)
