@@ -52,6 +52,7 @@ from drainctl.errors import DrainctlError
 from drainctl.runtime.base import WorkerSpec
 from drainctl.runtime.process import ProcessRuntime
 from tests.integration.conftest import REPO_ROOT
+from tests.integration.test_rollout import WORKER, PoolHarness
 
 pytestmark = pytest.mark.anyio
 
@@ -64,8 +65,6 @@ ALERTS = {
 NO_EVENTS_RULE = "(time() - max by (instance, job) (drainctl_last_event_timestamp_seconds) > 60)"
 NO_EVENTS_TEST = "(time() - max by (instance, job) (drainctl_last_event_timestamp_seconds) > 3)"
 
-WORKER = [sys.executable, "-m", "celery", "-A", "tests.integration.taskapp", "worker", "--without-mingle",
-          "--without-gossip", "-E", "-l", "INFO"]
 CONFIG = """
 [controller]
 id = "{controller_id}"
@@ -195,24 +194,9 @@ def pool_at(ctl: Controller, version: str) -> bool:
             and not ctl.fleet.rollouts and not ctl.drains.active)
 
 
-class Harness:
-    def __init__(self, tmp_path: Path, broker_url: str) -> None:
-        self.controller_id = f"prom-{uuid.uuid4().hex[:8]}"
-        self.queue = f"q-{uuid.uuid4().hex[:8]}"
-        self.state_dir = tmp_path / "state"
-        self.records = tmp_path / "records"
-        self.records.mkdir()
-        self.path = tmp_path / "drainctl.toml"
-        self.broker_url = broker_url
-
-    def write(self, version: str, command: list[str] | None = None) -> None:
-        text = CONFIG.format(
-            controller_id=self.controller_id, state_dir=self.state_dir, queue=self.queue, version=version,
-            command="[" + ", ".join(f'"{c}"' for c in command or WORKER) + "]", broker_url=self.broker_url,
-            records=self.records, root=REPO_ROOT)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.path)
+class Harness(PoolHarness):
+    template = CONFIG
+    prefix = "prom"
 
     def spec(self, name: str, queue: str) -> WorkerSpec:
         hostname = f"{name}@{socket.gethostname()}"

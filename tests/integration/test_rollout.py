@@ -54,8 +54,15 @@ WORKER = [sys.executable, "-m", "celery", "-A", "tests.integration.taskapp", "wo
 
 
 class PoolHarness:
+    """A config file for one pool "p" on its own queue, rewritten atomically per version.
+
+    Subclasses give their own `template` (the same placeholders; unused ones are ignored)."""
+
+    template = CONFIG
+    prefix = "roll"
+
     def __init__(self, tmp_path: Path, broker_url: str) -> None:
-        self.controller_id = f"roll-{uuid.uuid4().hex[:8]}"
+        self.controller_id = f"{self.prefix}-{uuid.uuid4().hex[:8]}"
         self.queue = f"q-{uuid.uuid4().hex[:8]}"
         self.state_dir = tmp_path / "state"
         self.records = tmp_path / "records"
@@ -65,7 +72,7 @@ class PoolHarness:
 
     def write(self, version: str, *, command: list[str] | None = None, extra_env: str = "",
               ready_timeout: float = 60) -> None:
-        text = CONFIG.format(
+        text = self.template.format(
             controller_id=self.controller_id, state_dir=self.state_dir, queue=self.queue, version=version,
             command=_toml_list(command or WORKER), broker_url=self.broker_url, records=self.records, root=REPO_ROOT,
             extra_env=extra_env, ready_timeout=ready_timeout)
