@@ -33,6 +33,7 @@ drainctl cannot stop such a worker consuming, so it refuses to drain it and says
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -483,12 +484,8 @@ class Cluster:
         worker = self.workers.get(hostname)
         if worker is None:
             return []
-        if worker.unanswered and asked_at < worker.unanswered[-1]:
-            # Replies to questions asked at once arrive in any order; keep the list sorted.
-            worker.unanswered.append(asked_at)
-            worker.unanswered.sort()
-        else:
-            worker.unanswered.append(asked_at)
+        # Replies to questions asked at once arrive in any order; keep the list sorted.
+        bisect.insort(worker.unanswered, asked_at)
         if len(worker.unanswered) > MAX_UNANSWERED_KEPT:
             del worker.unanswered[1]  # the first stays: the span starts there
         notice = self._judge_remote_control(worker, now)
