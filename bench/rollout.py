@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from drainctl import config  # noqa: E402
 from drainctl.app import Controller  # noqa: E402
 from drainctl.runtime.process import ProcessRuntime  # noqa: E402
 
-VHOST = "drainctl-bench-rollout"
+# Per run: workers a crashed run left behind cannot join the next run's queues.
+VHOST = f"drainctl-bench-rollout-{uuid.uuid4().hex[:6]}"
 
 LOADER = """
 import sys, time
@@ -93,6 +95,19 @@ def starts(records: Path) -> dict[str, float]:
     return out
 
 
+def hostnames(records: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in records.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record["event"] == "start":
+                out.setdefault(record["uuid"], record["hostname"])
+    return out
+
+
 def online(ctl: Controller, hostname: str) -> bool:
     worker = ctl.cluster.worker(hostname)
     return worker is not None and worker.state.value == "online"
@@ -139,14 +154,30 @@ async def run(args: argparse.Namespace) -> None:
         [sys.executable, "-c", LOADER, url, str(args.rate), str(args.task_min), str(args.task_max), str(sent_file)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
+    overheads: list[tuple[float, float]] = []
+    marks: list[tuple[float, str, str]] = []  # (monotonic, what, hostname): the rollouts' steps, for --timeline
+    tails: list[float] = []
+    durations: list[float] = []
+    try:
+        await measure(args, ctl, url, records, write, loader, windows, marks, overheads, tails, durations)
+    finally:
+        loader.kill()
+        runtime = ProcessRuntime(work / "state", "bench-rollout")
+        with anyio.CancelScope(shield=True):
+            for handle in await runtime.adopt():
+                await runtime.stop(handle, 30)
+    report(args, records, sent_file, windows, marks, overheads, tails, durations)
+
+
+async def measure(args: argparse.Namespace, ctl: Controller, url: str, records: Path, write: Callable[[str], None],
+                  loader: subprocess.Popen[bytes], windows: list[tuple[str, float, float]],
+                  marks: list[tuple[float, str, str]], overheads: list[tuple[float, float]], tails: list[float],
+                  durations: list[float]) -> None:
     def at(version: str) -> bool:
         members = ctl.fleet.of_pool("bench")
         return (len(members) == 3 and all(m.version == version and m.ready_at is not None for m in members)
                 and not ctl.fleet.rollouts and not ctl.drains.active)
 
-    overheads: list[tuple[float, float]] = []
-    tails: list[float] = []
-    durations: list[float] = []
     async with anyio.create_task_group() as tg:
         await tg.start(ctl.run)
         await ctl.wait_for(lambda: at("v1"), 120)
@@ -183,6 +214,19 @@ async def run(args: argparse.Namespace) -> None:
             durations.append(time.monotonic() - began_at)
             windows.append(("rollout", began_at, time.monotonic()))
             overheads.extend(ready.values())
+            for member in ctl.fleet.of_pool("bench"):
+                marks.append((member.started_at, "started", member.hostname))
+                if member.hostname in seen:
+                    marks.append((seen[member.hostname], "online", member.hostname))
+                if member.ready_at is not None:
+                    marks.append((member.ready_at, "ready", member.hostname))
+            for drain in ctl.drains.finished:
+                if drain.hostname in before:
+                    marks.append((drain.started_at, "drain", drain.hostname))
+                    if drain.shutdown_at is not None:
+                        marks.append((drain.shutdown_at, "shutdown", drain.hostname))
+                    if drain.finished_at is not None:
+                        marks.append((drain.finished_at, "retired", drain.hostname))
             tails.extend(d.reaction_s for d in ctl.drains.finished if d.hostname in before and d.reaction_s is not None)
             print(f"  rollout {round_ + 1}/{args.rollouts} to {version}: {durations[-1]:.1f} s", file=sys.stderr)
         steady_from = time.monotonic()
@@ -192,10 +236,11 @@ async def run(args: argparse.Namespace) -> None:
         loader.wait(30)
         await anyio.sleep(3)
         tg.cancel_scope.cancel()
-    runtime = ProcessRuntime(work / "state", "bench-rollout")
-    for handle in await runtime.adopt():
-        await runtime.stop(handle, 30)
 
+
+def report(args: argparse.Namespace, records: Path, sent_file: Path, windows: list[tuple[str, float, float]],
+           marks: list[tuple[float, str, str]], overheads: list[tuple[float, float]], tails: list[float],
+           durations: list[float]) -> None:
     began = starts(records)
     waits: dict[str, list[float]] = {"steady": [], "control": [], "rollout": []}
     sent: dict[str, tuple[float, str]] = {}
@@ -206,6 +251,11 @@ async def run(args: argparse.Namespace) -> None:
     for task_id, (sent_at, when) in sent.items():
         if when in waits and task_id in began:
             waits[when].append(began[task_id] - sent_at)
+    if args.timeline:
+        hosts = {r_uuid: host for r_uuid, host in hostnames(records).items()}
+        Path(args.timeline).write_text(json.dumps({
+            "windows": windows, "marks": sorted(set(marks)),
+            "tasks": [(at_s, began[t] - at_s, when, hosts.get(t)) for t, (at_s, when) in sent.items() if t in began]}))
     lost = [t for t, (_, when) in sent.items() if when in waits and t not in began]
     print(f"\nqueue wait (sent -> started), {args.rate:g}/s of {args.task_min:g}-{args.task_max:g} s tasks "
           f"on 3 workers x 2 slots, {'acks-early' if args.acks_early else 'acks_late'}, prefetch multiplier 1")
@@ -218,6 +268,7 @@ async def run(args: argparse.Namespace) -> None:
     print(f"p99 rollout / steady: {ratio:.2f} (target <= 1.2: {'met' if ratio <= 1.2 else 'NOT met'}); "
           f"p99 rollout / control: {control:.2f}; tasks not started: {len(lost)}")
     print("(control: the same process churn — 3 workers started and stopped — with no drainctl action)")
+    print(churn_attribution(waits, sent, began, windows, marks))
     rollout_seconds = sum(durations)
     print(f"({args.rollouts} rollouts, {rollout_seconds:.1f} s in all; steady windows of {args.steady:g} s between)")
     startup = [o[0] for o in overheads]
@@ -230,16 +281,37 @@ async def run(args: argparse.Namespace) -> None:
     print(f"overhead beyond start-up, worst case: {worst:.3f} s (target <= 0.5 s: {'met' if worst <= 0.5 else 'NOT met'})")
 
 
+def churn_attribution(waits: dict[str, list[float]], sent: dict[str, tuple[float, str]], began: dict[str, float],
+                      windows: list[tuple[str, float, float]], marks: list[tuple[float, str, str]]) -> str:
+    """Where the rollout windows' slow tasks were sent: while a new worker process was starting (process start
+    -> worker-online) or an old one was exiting (its last 0.1 s), against how much of the time that is."""
+    by_host: dict[str, dict[str, float]] = {}
+    for when, what, hostname in marks:
+        by_host.setdefault(hostname, {})[what] = when
+    churn = [(m["started"], m["online"]) for m in by_host.values() if "started" in m and "online" in m]
+    churn += [(m["retired"] - 0.1, m["retired"]) for m in by_host.values() if "retired" in m]
+    rollout_windows = [(lo, hi) for phase, lo, hi in windows if phase == "rollout"]
+    total = sum(hi - lo for lo, hi in rollout_windows)
+    covered = sum(max(0.0, min(hi, c_hi) - max(lo, c_lo)) for lo, hi in rollout_windows for c_lo, c_hi in churn)
+    threshold = percentile(waits["steady"], 99)
+    slow = [at for task_id, (at, when) in sent.items()
+            if when == "rollout" and task_id in began and began[task_id] - at > threshold]
+    in_churn = sum(1 for at in slow if any(lo <= at <= hi for lo, hi in churn))
+    return (f"rollout tasks slower than steady p99: {len(slow)}, of which {in_churn} were sent while a worker process "
+            f"was starting or exiting ({100 * covered / total:.0f} % of the rollouts' time, overlaps counted twice)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steady", type=float, default=15.0)
     parser.add_argument("--rollouts", type=int, default=8)
-    parser.add_argument("--rate", type=float, default=3.0)
-    parser.add_argument("--task-min", type=float, default=0.2)
-    parser.add_argument("--task-max", type=float, default=1.8)
+    parser.add_argument("--rate", type=float, default=6.0)
+    parser.add_argument("--task-min", type=float, default=0.1)
+    parser.add_argument("--task-max", type=float, default=0.9)
     parser.add_argument("--acks-early", action="store_true",
                         help="Celery's default acks instead of acks_late (Airflow's default): with acks-early a worker "
                              "whose slots are all busy still reserves tasks, which then wait for a slot")
+    parser.add_argument("--timeline", help="write windows, rollout steps and every task's wait to this JSON file")
     args = parser.parse_args()
     rabbitmqctl("add_vhost", VHOST)
     rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")

@@ -78,6 +78,8 @@ log = structlog.get_logger("drainctl")
 INBOX_SIZE: Final = 256
 # A worker first seen through one of these events is asked what it holds, unless a broadcast is asking.
 DISCOVERY_REASONS: Final = TASK_EVENT_TYPES | WORKER_EVENT_TYPES
+# Deadlines of the first questions to a worker just seen (then the configured reply timeout, twice).
+JUST_SEEN_DEADLINES_S: Final = (0.05, 0.15, 0.5)
 TICK_S: Final = 1.0
 
 
@@ -769,14 +771,18 @@ class Controller:
     async def _reconcile(self, command: Reconcile, control: broker.ControlClient) -> None:
         destination = None if command.hostname is None else [command.hostname]
         reply_timeout = self.settings.broker.reply_timeout_s
-        # A worker announces itself (worker-online) before its pidbox queue exists, and a command
-        # published before then is simply gone. So a targeted question starts with a short deadline
-        # and is asked again with longer ones: the pidbox usually appears within a few 100 ms.
-        # (A worker drainctl already talked to keeps the whole deadline: a late answer is no loss.)
+        # A worker announces itself (worker-online) a few ms before its pidbox queue is bound (Celery
+        # starts the Heart bootstep before Control), and a command published before then is simply
+        # gone. So a targeted question to a worker just seen starts with short deadlines (one that
+        # answers later is just asked again) and ends with the configured one. A worker drainctl
+        # already talked to gets the whole deadline each time: a late answer is no loss.
         just_seen = command.reason in DISCOVERY_REASONS or command.reason == "worker-online"
-        deadlines = [reply_timeout] if destination is None else [
-            min(reply_timeout, 0.25), min(reply_timeout, 0.5), reply_timeout, reply_timeout] if just_seen else [
-            reply_timeout, reply_timeout, reply_timeout]
+        if destination is None:
+            deadlines = [reply_timeout]
+        elif just_seen:
+            deadlines = [min(reply_timeout, d) for d in JUST_SEEN_DEADLINES_S] + [reply_timeout, reply_timeout]
+        else:
+            deadlines = [reply_timeout] * 3
         asked_at = self.clock()
         for attempt, timeout in enumerate(deadlines):
             # The last attempt's start: the worker must prove alive after it for silence to count.
