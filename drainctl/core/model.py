@@ -54,6 +54,9 @@ UNANSWERED_QUESTIONS: Final = 3
 # Ask times kept per worker: the first (where the span starts) and the latest ones.
 MAX_UNANSWERED_KEPT: Final = 10
 REMOTE_CONTROL_CHECK: Final = "remote-control-check"
+# A snapshot races the task events sent just before it (they travel another queue): what it adds or
+# removes is called a correction only if no such event explains it within this time.
+CORRECTION_GRACE_S: Final = 5.0
 
 
 class WorkerState(StrEnum):
@@ -123,6 +126,9 @@ class Worker:
     last_task_end: float | None = None
     last_task_end_clock: int = -1
     heartbeat_active_clock: int = -1
+    # The model follows this worker's tasks: since its worker-online, or since its first full snapshot.
+    # Before then, the tasks a snapshot adds are news, not a correction.
+    synced: bool = False
 
     @property
     def collision(self) -> bool:
@@ -164,6 +170,16 @@ class _Tombstone:
     pid: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Correction:
+    """A task a snapshot added or removed: unexplained until an event older than the snapshot arrives."""
+
+    added: bool
+    clock: int
+    pid: int | None
+    at: float
+
+
 def _same_process(a: int | None, b: int | None) -> bool:
     return a is None or b is None or a == b
 
@@ -185,6 +201,7 @@ class Cluster:
         self.max_tombstones = max_tombstones
         self.workers: dict[str, Worker] = {}
         self._tombstones: OrderedDict[tuple[str, str], _Tombstone] = OrderedDict()
+        self._corrections: dict[tuple[str, str], _Correction] = {}
         # History lives in counters, not in the model: memory is O(in-flight).
         self.events_by_type: dict[str, int] = {}
         self.late_events = 0
@@ -219,7 +236,7 @@ class Cluster:
         worker = self.workers.get(hostname)
         if worker is not None:
             return worker, [], []
-        worker = Worker(hostname=hostname, first_seen=now, last_seen=now)
+        worker = Worker(hostname=hostname, first_seen=now, last_seen=now, synced=reason == "worker-online")
         self.workers[hostname] = worker
         worker.reconcile_requested_at = now
         commands: list[Command] = [Reconcile(hostname, reason), EnableEvents(hostname)]
@@ -393,6 +410,9 @@ class Cluster:
         if notice is not None:
             notices.append(notice)
         key = (event.hostname, event.uuid)
+        correction = self._corrections.get(key)
+        if correction is not None and _same_process(correction.pid, event.pid) and event.clock <= correction.clock:
+            del self._corrections[key]  # the event was on its way when the snapshot was taken
         tomb = self._tombstones.get(key)
         if tomb is not None and _same_process(tomb.pid, event.pid) and event.clock <= tomb.clock:
             self.late_events += 1
@@ -584,15 +604,26 @@ class Cluster:
             task.pid = worker.pid
             if info.state is TaskState.RUNNING and task.started_at is None:
                 task.started_at = now
-        if removed or added:
-            notices.append(
-                Notice("reconcile-corrected", worker.hostname, f"added {len(added)}, removed {len(removed)}")
-            )
+        if worker.synced:
+            for uuids, was_added in ((added, True), (removed, False)):
+                for uuid in uuids:
+                    self._corrections[(worker.hostname, uuid)] = _Correction(was_added, base, worker.pid, now)
+        worker.synced = True
         return commands, notices
+
+    def _report_corrections(self, now: float) -> list[Notice]:
+        """What snapshots changed that no event explained within the grace: the events were lost."""
+        due: dict[str, list[bool]] = {}
+        for key, correction in list(self._corrections.items()):
+            if now - correction.at >= CORRECTION_GRACE_S:
+                del self._corrections[key]
+                due.setdefault(key[0], []).append(correction.added)
+        return [Notice("reconcile-corrected", hostname, f"added {sum(kinds)}, removed {len(kinds) - sum(kinds)}")
+                for hostname, kinds in sorted(due.items())]
 
     def tick(self, now: float) -> list[Notice]:
         """Time passes: heartbeats overdue make a worker silent; finished offline workers leave."""
-        notices: list[Notice] = []
+        notices = self._report_corrections(now) if self._corrections else []
         for worker in list(self.workers.values()):
             window = self.silent_window(worker)
             if worker.state is WorkerState.ONLINE:
