@@ -1,7 +1,7 @@
 """Rollout cost: queue wait (sent -> started) during a rollout against steady state, same run, and the
 overhead per replaced worker beyond the work itself.
 
-    .venv/bin/python bench/rollout.py [--steady 20] [--rate 8]
+    .venv/bin/python bench/rollout.py [--rollouts 8] [--steady 15] [--rate 6] [--timeline FILE]
 
 A pool of 3 real workers (process runtime, concurrency 2) serves a steady load of short tasks. The
 queue wait of each task is measured from just before it is published to the start record the task

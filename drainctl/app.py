@@ -125,10 +125,14 @@ class Controller:
         runtime: WorkerRuntime | None = None,
         runtimes: dict[str, WorkerRuntime] | None = None,
         config_path: Path | None = None,
+        file_settings: Settings | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
+        # What the file said at start, before command-line overrides: a reload compares its
+        # sections read only at start with these.
+        self.file_settings = file_settings if file_settings is not None else settings
         self.runtime = runtime
         self.runtimes: dict[str, WorkerRuntime] = dict(runtimes or {})
         if runtime is not None:
@@ -442,12 +446,19 @@ class Controller:
             answer.error = str(exc)
         else:
             changed = [p.name for p in new.pool if p.target_version != self._version_before(p.name)]
+            # Connections, listeners and the controller's identity are set up once: say so rather than
+            # let an edit look applied.
+            restart_needed = [name for name in type(new).model_fields
+                              if name != "pool" and getattr(new, name) != getattr(self.file_settings, name)]
             self.settings = self.settings.model_copy(update={"pool": new.pool})
             self.reloads["applied"] += 1
             self._requested_by = item.requested_by
             log.info("configuration reloaded", requested_by=item.requested_by, pools_changed=changed)
+            if restart_needed:
+                log.warning("configuration reloaded: pools only; the changes to these sections take effect when "
+                            "drainctl restarts", sections=restart_needed)
             answer.detail = {"pools": {name: t.version for name, t in self.pool_targets.items()},
-                             "changed": changed}
+                             "changed": changed, "restart_needed": restart_needed}
         answer.done.set()
 
     def _version_before(self, pool: str) -> str | None:

@@ -51,7 +51,7 @@ def run(config_path: Path | None, broker_url: str | None, http_listen: str | Non
     if broker_url is not None and redact_text(broker_url) != broker_url:
         _hide_secrets_from_argv()
     try:
-        settings = config.load(config_path)
+        settings = file_settings = config.load(config_path)
         overrides: dict[str, Any] = {}
         if http_listen is not None:
             config.parse_listen(http_listen)
@@ -68,7 +68,7 @@ def run(config_path: Path | None, broker_url: str | None, http_listen: str | Non
         click.echo(f"drainctl: {exc}", err=True)
         sys.exit(2)
     try:
-        anyio.run(_serve, settings, url, config_path)
+        anyio.run(_serve, settings, file_settings, url, config_path)
     except KeyboardInterrupt:
         pass
     except DrainctlError as exc:
@@ -91,7 +91,7 @@ async def _reload(controller: Any, log: Any) -> None:
         log.info("SIGHUP applied", **detail)
 
 
-async def _serve(settings: config.Settings, url: str, config_path: Path | None) -> None:
+async def _serve(settings: config.Settings, file_settings: config.Settings, url: str, config_path: Path | None) -> None:
     from drainctl import http
     from drainctl.app import Controller
 
@@ -104,7 +104,8 @@ async def _serve(settings: config.Settings, url: str, config_path: Path | None) 
         from drainctl.runtime.docker import DockerRuntime
 
         runtimes["docker"] = DockerRuntime(settings.controller.id, settings.docker_host())
-    controller = Controller(settings, url, runtime=runtime, runtimes=runtimes, config_path=config_path)
+    controller = Controller(settings, url, runtime=runtime, runtimes=runtimes, config_path=config_path,
+                            file_settings=file_settings)
     host, port = config.parse_listen(settings.http.listen)
     token = settings.api_token()
     if token is None:
@@ -310,6 +311,9 @@ def rollout(ctx: click.Context, url: str) -> None:
         return
     changed = result.get("changed") or []
     click.echo("config reloaded; " + (f"rolling out: {', '.join(changed)}" if changed else "no pool changed"))
+    restart_needed = result.get("restart_needed") or []
+    if restart_needed:
+        click.echo(f"changes to [{'], ['.join(restart_needed)}] take effect when drainctl restarts", err=True)
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:

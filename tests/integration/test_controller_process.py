@@ -180,3 +180,10 @@ def test_twenty_sighups_in_a_second_end_at_the_last_version_within_the_cap(
     log = controller.log.read_text()
     assert log.count('"configuration reloaded"') >= 1
     assert '"rollout superseded"' in log or log.count('"rollout succeeded"') == 1
+    # `drainctl rollout` with no pool change but an edit of a section read only at start says so.
+    harness.path.write_text(harness.path.read_text().replace("reply_timeout_s = 1.0", "reply_timeout_s = 3.0"))
+    result = subprocess.run([sys.executable, "-m", "drainctl", "rollout", "--url", controller.url],
+                            env={**os.environ, "DRAINCTL_API_TOKEN": TOKEN}, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.strip() == "config reloaded; no pool changed"
+    assert result.stderr.strip() == "changes to [broker] take effect when drainctl restarts"

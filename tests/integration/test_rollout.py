@@ -245,6 +245,12 @@ async def test_an_invalid_config_on_reload_changes_nothing(broker_url: str, tmp_
         with pytest.raises(DrainctlError, match="no pool would consume"):
             await ctl.reload("test")
         assert pool_at(ctl, "v1") and ctl.reloads["rejected"] == 2
+        # A valid file that also edits a section read only at start: applied to the pools, and said so.
+        harness.write("v1")
+        harness.path.write_text(harness.path.read_text().replace("reply_timeout_s = 1.0", "reply_timeout_s = 2.0"))
+        answer = await ctl.reload("test")
+        assert answer["restart_needed"] == ["broker"] and answer["changed"] == []
+        assert ctl.settings.broker.reply_timeout_s == 1.0 and ctl.reloads["applied"] == 1
 
 
 @pytest.mark.parametrize("stubborn", [False, True], ids=["warm-exit", "ignores-shutdown"])
