@@ -5,7 +5,9 @@ A private ``prometheus`` server (Debian's package, scripts/setup.d/prometheus.sh
 with its own TSDB in tmp, scrapes the in-process controller's HTTP API every second and evaluates
 compose/prometheus/alerts.yml every second. The test then provokes every alert against real workers:
 
-* a drain of a worker running a 6 s task with a 1 s deadline   -> DrainctlDrainPastDeadline
+* a drain of a worker running a 6 s task with a 1 s deadline,
+  with consumer_timeout_s = 8 and a warning at half of it       -> DrainctlDrainPastDeadline, DrainctlConsumerTimeoutNear
+* a worker started with remote control off                      -> DrainctlWorkerIgnoresRemoteControl
 * a pool rollout v1 -> v2 (succeeds), then v3 that crash-loops -> DrainctlRolloutFailed
 * an invalid configuration file on reload                       -> DrainctlConfigReloadRejected
 * two live workers started under one hostname                   -> DrainctlHostnameCollision
@@ -34,6 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,7 @@ DASHBOARD = REPO_ROOT / "grafana" / "dashboards" / "drainctl.json"
 ALERTS = {
     "DrainctlDrainPastDeadline", "DrainctlRolloutFailed", "DrainctlWorkerSilent", "DrainctlNoEvents",
     "DrainctlEventsDropped", "DrainctlEventsMalformed", "DrainctlConfigReloadRejected", "DrainctlHostnameCollision",
+    "DrainctlWorkerIgnoresRemoteControl", "DrainctlConsumerTimeoutNear",
 }
 NO_EVENTS_RULE = "(time() - max by (instance, job) (drainctl_last_event_timestamp_seconds) > 60)"
 NO_EVENTS_TEST = "(time() - max by (instance, job) (drainctl_last_event_timestamp_seconds) > 3)"
@@ -70,10 +74,15 @@ CONFIG = """
 id = "{controller_id}"
 state_dir = "{state_dir}"
 silent_after_s = 4
+no_remote_control_after_s = 4
 
 [broker]
 reply_timeout_s = 1.0
 reconnect_max_backoff_s = 1.0
+# What the operator says RabbitMQ's consumer_timeout is (nothing enforces it here): the 6 s task of the
+# drain past its deadline is held past 4 s of it.
+consumer_timeout_s = 8
+consumer_timeout_warn_at = 0.5
 
 [events]
 queue_expires_s = 120
@@ -162,13 +171,19 @@ class Prom:
         return body["data"]
 
     async def wait_ready(self, timeout_s: float) -> None:
+        """Ready, and the controller scraped once: Prometheus applies its targets a few seconds after it is
+        ready, and a counter's first increment must come after a sample of its zero for increase() to see it."""
         with anyio.fail_after(timeout_s):
             for _ in range(int(timeout_s * 10)):
                 with contextlib.suppress(aiohttp.ClientError):
                     async with self.session.get(f"{self.url}/-/ready") as response:
                         if response.status == 200:
-                            return
+                            break
                 await anyio.sleep(0.1)
+            for _ in range(int(timeout_s * 5)):
+                if (await self.get("/api/v1/query", query='up{job="drainctl"} == 1'))["result"]:
+                    return
+                await anyio.sleep(0.2)
 
     async def watch_alerts(self) -> None:
         with anyio.move_on_after(180):  # bounded: the test is over well before
@@ -292,6 +307,7 @@ async def test_prometheus_sees_every_metric_the_dashboard_and_alerts_use_and_eve
                             steps.start_soon(drain_past_deadline, ctl, harness, celery_app, prom)
                             steps.start_soon(rollouts, ctl, harness, prom)
                             steps.start_soon(collision, ctl, celery_worker, twin_name, twin_queue, prom)
+                            steps.start_soon(ignores_remote_control, ctl, harness, prom)
                         await events_malformed_and_dropped(ctl, celery_app, prom)
                         # Every worker freezes: no heartbeat, no event.
                         pids = [w.pid for w in celery_worker.workers if w.running]
@@ -314,6 +330,15 @@ async def test_prometheus_sees_every_metric_the_dashboard_and_alerts_use_and_eve
     assert time.monotonic() - started < 120
 
 
+async def ignores_remote_control(ctl: Controller, harness: Harness, prom: Prom) -> None:
+    spec = harness.spec(f"deaf-{uuid.uuid4().hex[:6]}", f"q-{uuid.uuid4().hex[:8]}")
+    spec = replace(spec, env={**spec.env, "TASKAPP_REMOTE_CONTROL": "0"})
+    await ctl.start_worker(spec)
+    await prom.wait_alert("DrainctlWorkerIgnoresRemoteControl", 40)
+    worker = ctl.cluster.worker(spec.hostname)
+    assert worker is not None and worker.not_answering
+
+
 async def drain_past_deadline(ctl: Controller, harness: Harness, app: Celery, prom: Prom) -> None:
     queue = f"q-{uuid.uuid4().hex[:8]}"
     spec = harness.spec(f"deadline-{uuid.uuid4().hex[:6]}", queue)
@@ -326,6 +351,8 @@ async def drain_past_deadline(ctl: Controller, harness: Harness, app: Celery, pr
     # The only consumer of its queue: forced. Past its 1 s deadline it keeps waiting (on_deadline = wait).
     drain = await ctl.request_drain(host, force=True, policy=DrainPolicy(deadline_s=1.0))
     await prom.wait_alert("DrainctlDrainPastDeadline", 15)
+    await prom.wait_alert("DrainctlConsumerTimeoutNear", 15)
+    assert drain.timeout_warned == {task}
     await ctl.wait_for(lambda: not drain.active, 40)
     assert drain.outcome is Outcome.RETIRED, drain.detail
     assert drain.past_deadline
