@@ -7,6 +7,8 @@ pool children through the group. Secrets travel in the environment only, never i
 Every worker gets a state file `state_dir/workers/<hostname>.json` (written atomically) recording its pid and
 the pid's start time (`/proc/<pid>/stat` field 22, clock ticks since boot). The start time guards against pid
 reuse: a pid is only signalled, adopted or reported alive while its start time still matches the recorded one.
+The worker's command runs only once that file is in place (`_GATE_SCRIPT`): a controller killed in between
+leaves no worker behind that its successor could not adopt.
 
 Exits are observed without polling: each watched worker has a pidfd (`os.pidfd_open`), which becomes readable
 when the process exits. A worker this runtime instance started is its child, so it is reaped here and its
@@ -23,6 +25,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal as signal_mod
 import subprocess
 import time
@@ -42,6 +45,14 @@ log = structlog.get_logger("drainctl.runtime.process")
 
 #: How long `stop` waits for the kernel to end a process group after SIGKILL before giving up.
 KILL_WAIT_S = 10.0
+
+# A worker runs only once its state file exists. A small shell holds the exec until the controller writes a
+# line on its stdin; if the controller dies first, the shell reads EOF and exits without running the worker.
+# So a restarted controller never meets a worker of its own that it cannot adopt. The shell execs the
+# worker in place: same pid, same start time.
+_GATE_SCRIPT = 'read -r _ || exit 70; exec "$@" </dev/null'
+#: The exit code of a worker whose controller died before recording it (the worker never ran).
+GATE_CLOSED_EXIT_CODE = 70
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.@-]+")
 
@@ -125,28 +136,49 @@ class ProcessRuntime:
         env = dict(os.environ)
         env.update(spec.env)
         argv = list(spec.command)
+        if _find_program(argv[0], env, spec.cwd) is None:
+            raise RuntimeFailure(
+                f"worker {spec.hostname}: cannot run {argv[0]!r} (cwd {spec.cwd or os.getcwd()!r}): no such "
+                "executable; check the worker command and that the program is installed"
+            )
+        gate_read, gate_write = os.pipe()
         try:
             with log_path.open("ab") as log_file:
                 popen = subprocess.Popen(
-                    argv,
+                    ["/bin/sh", "-c", _GATE_SCRIPT, "drainctl-worker", *argv],
                     env=env,
                     cwd=spec.cwd,
-                    stdin=subprocess.DEVNULL,
+                    stdin=gate_read,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
                 )
-        except FileNotFoundError as exc:
-            raise RuntimeFailure(
-                f"worker {spec.hostname}: cannot run {argv[0]!r} (cwd {spec.cwd or os.getcwd()!r}): {exc.strerror}; "
-                "check the worker command and that the program is installed"
-            ) from exc
         except OSError as exc:
+            os.close(gate_write)
             raise RuntimeFailure(
-                f"worker {spec.hostname}: starting {argv[0]!r} failed: {exc}; check the command, its permissions "
-                f"and that {self.state_dir} is writable"
+                f"worker {spec.hostname}: starting {argv[0]!r} failed: {exc}; check the command, its cwd, its "
+                f"permissions and that {self.state_dir} is writable"
             ) from exc
+        finally:
+            os.close(gate_read)
+        try:
+            tracked = self._record(spec, popen, argv)
+        except BaseException:
+            os.close(gate_write)
+            popen.wait()  # the shell reads EOF and exits without running the worker
+            raise
+        try:
+            # A shell killed meanwhile leaves a broken pipe; `watch` reports its exit.
+            with contextlib.suppress(BrokenPipeError):
+                os.write(gate_write, b"go\n")
+        finally:
+            os.close(gate_write)
+        return tracked
+
+    def _record(self, spec: WorkerSpec, popen: subprocess.Popen[bytes], argv: list[str]) -> _Tracked:
+        """Write the worker's state file; the worker does not run before it exists."""
+        stem = state_file_name(spec.hostname)
         # The child is not reaped before `watch` reaps it, so its /proc entry exists even if it already died.
         create_time = proc_start_time(popen.pid)
         if create_time is None:  # pragma: no cover - our unreaped child always has a /proc entry
@@ -352,6 +384,14 @@ class ProcessRuntime:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _find_program(program: str, env: dict[str, str], cwd: str | None) -> str | None:
+    """The executable `program` names, as the shell will find it (PATH from the worker's environment)."""
+    if "/" in program:
+        path = Path(cwd or os.getcwd()) / program
+        return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    return shutil.which(program, path=env.get("PATH", os.defpath))
 
 
 def _pidfd_open(pid: int) -> int | None:

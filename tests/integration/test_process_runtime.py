@@ -223,6 +223,60 @@ async def test_adopt_from_second_instance(make_runtime: Callable[..., ProcessRun
     assert await other.stop(other_handle, timeout_s=10) is False
 
 
+# A controller that dies (SIGKILL) right before its worker's state file is in place: the state it was about to
+# write goes to a side file instead, for the test to learn the pid.
+DIES_WHILE_STARTING = """
+import json, os, signal, sys
+import anyio
+from drainctl.runtime import process
+from drainctl.runtime.base import WorkerSpec
+
+state_dir, side_file, marker = sys.argv[1:4]
+
+def die(path, data):
+    with open(side_file, "wb") as f:
+        f.write(data)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+process._write_atomically = die
+spec = WorkerSpec(hostname="gated@host", pool="p1", version="v1", queues=("q",),
+                  command=(sys.executable, "-c", f"open({marker!r}, 'w').close(); import time; time.sleep(60)"))
+anyio.run(process.ProcessRuntime(state_dir, "ctl-test").start, spec)
+"""
+
+
+async def test_a_worker_never_runs_unless_its_state_file_exists(
+    make_runtime: Callable[..., ProcessRuntime], tmp_path: Path
+) -> None:
+    """The controller killed between starting a worker and recording it: the worker never runs, so a restarted
+    controller has nothing of its own it cannot adopt."""
+    side_file, marker = tmp_path / "state-not-written.json", tmp_path / "worker-ran"
+    controller = await anyio.run_process(
+        [sys.executable, "-c", DIES_WHILE_STARTING, str(tmp_path / "state"), str(side_file), str(marker)],
+        cwd=REPO_ROOT, check=False)
+    assert controller.returncode == -signal.SIGKILL, controller.stderr
+    pid = json.loads(side_file.read_bytes())["pid"]
+    # The gate's shell sees EOF on its stdin as the controller dies, and exits (init reaps it).
+    with contextlib.suppress(ProcessLookupError):
+        fd = os.pidfd_open(pid)
+        try:
+            with anyio.fail_after(10):
+                await anyio.wait_readable(fd)
+        finally:
+            os.close(fd)
+    assert not marker.exists(), "the worker ran although drainctl never recorded it"
+    assert await make_runtime().adopt() == []
+
+
+async def test_a_worker_runs_in_the_process_drainctl_recorded(make_runtime: Callable[..., ProcessRuntime]) -> None:
+    rt = make_runtime()
+    hostname = _hostname("gated")
+    handle = await rt.start(_sleeper_spec(hostname, "import os, time; print(os.getpid(), flush=True); time.sleep(60)"))
+    await wait_for_log(_log_path(rt, hostname), r"^\d+$")
+    assert _log_path(rt, hostname).read_text().split() == [handle.ref]
+    assert await rt.stop(handle, timeout_s=10) is False
+
+
 async def test_secrets_only_in_environment(make_runtime: Callable[..., ProcessRuntime]) -> None:
     rt = make_runtime()
     secret = f"s3cret-{uuid.uuid4().hex}"
