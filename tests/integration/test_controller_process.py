@@ -145,6 +145,11 @@ def test_a_sigkilled_controller_restarted_at_any_rollout_phase_finishes_it(
     outcome = "succeeded" if final == "v2" else "failed"
     assert any(h["to_version"] == "v2" and h["outcome"] == outcome for h in history), history
     assert controller.pool()["alive"] == 3
+    members = {w["hostname"] for w in controller.pool()["workers"]}
+    unmanaged = [w["hostname"] for w in controller.status()["workers"]
+                 if w["state"] in ("online", "silent") and w["hostname"] not in members
+                 and (harness.queue in (w["queues"] or []) or w["hostname"].startswith("p-"))]
+    assert unmanaged == [], f"workers of the pool that drainctl does not manage: {unmanaged}"
 
     def all_done() -> bool:
         runs = read_records(harness.records)
