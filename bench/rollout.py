@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -82,8 +83,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def starts(records: Path) -> dict[str, float]:
-    out: dict[str, float] = {}
+def first_starts(records: Path) -> dict[str, dict[str, Any]]:
+    """Each task's first start record, by task id."""
+    out: dict[str, dict[str, Any]] = {}
     for path in records.glob("*.jsonl"):
         for line in path.read_text().splitlines():
             try:
@@ -91,20 +93,7 @@ def starts(records: Path) -> dict[str, float]:
             except ValueError:
                 continue
             if record["event"] == "start":
-                out.setdefault(record["uuid"], float(record["monotonic"]))
-    return out
-
-
-def hostnames(records: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for path in records.glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record["event"] == "start":
-                out.setdefault(record["uuid"], record["hostname"])
+                out.setdefault(record["uuid"], record)
     return out
 
 
@@ -241,7 +230,8 @@ async def measure(args: argparse.Namespace, ctl: Controller, url: str, records: 
 def report(args: argparse.Namespace, records: Path, sent_file: Path, windows: list[tuple[str, float, float]],
            marks: list[tuple[float, str, str]], overheads: list[tuple[float, float]], tails: list[float],
            durations: list[float]) -> None:
-    began = starts(records)
+    start_records = first_starts(records)
+    began = {task_id: float(record["monotonic"]) for task_id, record in start_records.items()}
     waits: dict[str, list[float]] = {"steady": [], "control": [], "rollout": []}
     sent: dict[str, tuple[float, str]] = {}
     for line in sent_file.read_text().splitlines():
@@ -252,10 +242,10 @@ def report(args: argparse.Namespace, records: Path, sent_file: Path, windows: li
         if when in waits and task_id in began:
             waits[when].append(began[task_id] - sent_at)
     if args.timeline:
-        hosts = {r_uuid: host for r_uuid, host in hostnames(records).items()}
         Path(args.timeline).write_text(json.dumps({
             "windows": windows, "marks": sorted(set(marks)),
-            "tasks": [(at_s, began[t] - at_s, when, hosts.get(t)) for t, (at_s, when) in sent.items() if t in began]}))
+            "tasks": [(at_s, began[t] - at_s, when, start_records[t]["hostname"])
+                      for t, (at_s, when) in sent.items() if t in began]}))
     lost = [t for t, (_, when) in sent.items() if when in waits and t not in began]
     print(f"\nqueue wait (sent -> started), {args.rate:g}/s of {args.task_min:g}-{args.task_max:g} s tasks "
           f"on 3 workers x 2 slots, {'acks-early' if args.acks_early else 'acks_late'}, prefetch multiplier 1")

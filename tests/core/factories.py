@@ -1,8 +1,11 @@
-"""Builders for raw Celery event dicts, shaped like what Celery 5.x puts on the wire."""
+"""Builders for raw Celery event dicts, shaped like what Celery 5.x puts on the wire, and `feed` to apply them."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from drainctl.core.events import parse_event
+from drainctl.core.model import Cluster, Notice
 
 HOST = "w1@host"
 PID = 100
@@ -46,3 +49,14 @@ def task_event(kind: str, uuid: str, clock: int, *, host: str = HOST, pid: int =
         event.update({"result": "1", "runtime": 1.0})
     event.update(extra)
     return event
+
+
+def feed(cluster: Cluster, raws: list[dict[str, Any]], now: float = 0.0) -> tuple[list[Any], list[Notice]]:
+    """Apply raw events in order at `now`; the commands and notices they produced."""
+    commands: list[Any] = []
+    notices: list[Notice] = []
+    for raw in raws:
+        c, n = cluster.apply(parse_event(raw), now)
+        commands += c
+        notices += n
+    return commands, notices

@@ -14,18 +14,12 @@ from drainctl.core.commands import (
     StopWorker,
 )
 from drainctl.core.drain import CONFIRM_REASON, DrainBook, DrainPolicy, DrainRefused, Outcome, Phase
-from drainctl.core.events import parse_event
 from drainctl.core.model import Cluster
 from drainctl.core.snapshot import TaskInfo, TaskState, WorkerSnapshot
-from tests.core.factories import task_event, worker_event
+from tests.core.factories import feed, task_event, worker_event
 
 A, B, C = "a@h", "b@h", "c@h"
 POLICY = DrainPolicy(retire_grace_s=10, retry_s=5)
-
-
-def feed(cluster: Cluster, raws: list[dict[str, Any]], now: float = 0.0) -> None:
-    for raw in raws:
-        cluster.apply(parse_event(raw), now)
 
 
 def fleet(*workers: tuple[str, tuple[str, ...]]) -> Cluster:

@@ -11,14 +11,9 @@ from drainctl.core.events import parse_event
 from drainctl.core.model import Cluster
 from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.core.snapshot import TaskState
-from tests.core.factories import task_event, worker_event
+from tests.core.factories import feed, task_event, worker_event
 
 A, B = "a@h", "b@h"
-
-
-def feed(cluster: Cluster, raws: list[dict[str, Any]], now: float = 0.0) -> None:
-    for raw in raws:
-        cluster.apply(parse_event(raw), now)
 
 
 def two_workers() -> Cluster:

@@ -5,22 +5,11 @@ from typing import Any
 import pytest
 
 from drainctl.core.commands import EnableEvents, Reconcile
-from drainctl.core.events import parse_event
 from drainctl.core.model import CORRECTION_GRACE_S, Cluster, Notice, TaskEvents, WorkerState
 from drainctl.core.snapshot import TaskInfo, TaskState, WorkerSnapshot, build_snapshot
-from tests.core.factories import HOST, task_event, worker_event
+from tests.core.factories import HOST, feed, task_event, worker_event
 
 ETA = "2030-01-01T00:00:00+00:00"
-
-
-def feed(cluster: Cluster, raws: list[dict[str, Any]], now: float = 0.0) -> tuple[list[Any], list[Notice]]:
-    commands: list[Any] = []
-    notices: list[Notice] = []
-    for raw in raws:
-        c, n = cluster.apply(parse_event(raw), now)
-        commands += c
-        notices += n
-    return commands, notices
 
 
 def states(cluster: Cluster, host: str = HOST) -> dict[str, str]:

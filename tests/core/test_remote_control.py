@@ -9,24 +9,13 @@ import pytest
 
 from drainctl.core.commands import CancelConsumers, Reconcile
 from drainctl.core.drain import DrainBook, DrainPolicy, DrainRefused
-from drainctl.core.events import parse_event
 from drainctl.core.model import MAX_UNANSWERED_KEPT, REMOTE_CONTROL_CHECK, Cluster, Notice, WorkerState
 from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.core.snapshot import WorkerSnapshot
-from tests.core.factories import worker_event
+from tests.core.factories import feed, worker_event
 
 A, B = "a@h", "b@h"
 AFTER = 20.0
-
-
-def feed(cluster: Cluster, raws: list[dict[str, Any]], now: float) -> tuple[list[Any], list[Notice]]:
-    commands: list[Any] = []
-    notices: list[Notice] = []
-    for raw in raws:
-        c, n = cluster.apply(parse_event(raw), now)
-        commands += c
-        notices += n
-    return commands, notices
 
 
 def heartbeat(cluster: Cluster, now: float, host: str = A, pid: int = 1) -> None:
