@@ -14,11 +14,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 import anyio
 import anyio.abc
 import structlog
+from aio_pika.abc import AbstractConnection
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from drainctl import broker
@@ -27,7 +28,9 @@ from drainctl.config import PoolSettings, Settings
 from drainctl.core.commands import (
     AddConsumers,
     CancelConsumers,
+    CancelStandby,
     Command,
+    DeleteStandby,
     EnableEvents,
     EscalateWorker,
     JournalCancel,
@@ -38,10 +41,12 @@ from drainctl.core.commands import (
     ShutdownWorker,
     StartWorker,
     StopWorker,
+    SwitchToPool,
 )
 from drainctl.core.drain import CONFIRM_REASON, ConsumerTimeout, Drain, DrainBook, DrainPolicy, DrainRefused
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Decoded
 from drainctl.core.model import Cluster, Notice
+from drainctl.core.quiet import add_consumer_arguments, standby_declaration, standby_queue
 from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.core.snapshot import build_snapshot, parse_queues
 from drainctl.errors import BrokerUnavailableError, DrainctlError
@@ -76,11 +81,15 @@ from drainctl.runtime.base import Exited, WorkerHandle, WorkerRuntime, WorkerSpe
 log = structlog.get_logger("drainctl")
 
 INBOX_SIZE: Final = 256
-# A worker first seen through one of these events is asked what it holds, unless a broadcast is asking.
+# A worker first seen through one of these events is asked what it holds at once, with short deadlines.
 DISCOVERY_REASONS: Final = TASK_EVENT_TYPES | WORKER_EVENT_TYPES
+# A worker the start-up broadcast did not hear from (it may have come up while the broadcast was out).
+STARTUP_MISSED: Final = "startup-missed"
 # Deadlines of the first questions to a worker just seen (then the configured reply timeout, twice).
 JUST_SEEN_DEADLINES_S: Final = (0.05, 0.15, 0.5)
 TICK_S: Final = 1.0
+# active_queues questions that confirm a switch or a standby cancel, at most, per attempt.
+CONFIRM_ATTEMPTS: Final = 4
 
 
 @dataclass(slots=True)
@@ -164,6 +173,7 @@ class Controller:
             prefetch=settings.events.prefetch,
         )
         self.control: broker.ControlClient | None = None
+        self.connection: AbstractConnection | None = None
         self.leases: broker.Leases | None = None
         self._taking: set[str] = set()
         # Set once the start-up reconcile has been merged: the model is complete from then on.
@@ -291,6 +301,7 @@ class Controller:
             if self.stats.connected:
                 first = False
             self.control = None
+            self.connection = None
             self.leases = None
             was_connected = self.stats.connected
             self.stats.connected = False
@@ -317,11 +328,14 @@ class Controller:
             channel = await connection.channel()
             await broker.declare_event_topology(channel, self.event_queue)
             control = await broker.ControlClient.open(connection, self.settings.controller.id)
+            # Without its channel, no question would ever be answered: start the session afresh instead.
+            control.on_close(closed.set)
             dropped_channel = await connection.channel()
             async with anyio.create_task_group() as tg:
                 await tg.start(broker.consume_events, channel, self.event_queue, self._on_batch)
                 tg.start_soon(broker.consume_dropped, dropped_channel, self.event_queue, self._on_dropped)
                 self.control = control
+                self.connection = connection
                 self.leases = broker.Leases(connection)
                 self.stats.connected = True
                 self.stats.connects += 1
@@ -354,45 +368,7 @@ class Controller:
                 now = self.clock()
                 commands: list[Command] = []
                 notices: list[Notice] = []
-                if isinstance(item, EventsIn):
-                    self._ingest(item, now, commands, notices)
-                elif isinstance(item, Tick):
-                    notices = self.cluster.tick(now)
-                    commands, more = self.cluster.recheck(now)
-                    notices.extend(more)
-                elif isinstance(item, SnapshotsIn):
-                    self._merge(item, now, commands, notices)
-                elif isinstance(item, EventsEnabledIn):
-                    self._heard(item.hostname, item.enabled_now is not None, item.asked_at, now, notices)
-                    if item.enabled_now is not None:
-                        commands = self.cluster.note_task_events(item.hostname, item.enabled_now, now)
-                        if item.enabled_now:
-                            log.info("task events turned on", worker=item.hostname)
-                elif isinstance(item, DroppedIn):
-                    self.stats.dropped += item.events
-                    log.warning("event queue overflowed; oldest events dropped", events=item.events,
-                                total=self.stats.dropped)
-                elif isinstance(item, LeaseDeniedIn):
-                    # Never add_consumer here: the other controller may be draining this very worker.
-                    notices.extend(self.drains.abandon(
-                        item.hostname, now,
-                        "another controller holds this worker's lease (drainctl.lock.<hostname>): it is acting on it"))
-                    self.fleet.cancelled.pop(item.hostname, None)
-                    if self.journal is not None:
-                        self.journal.forget(item.hostname)
-                elif isinstance(item, BrokerUp):
-                    if item.first:
-                        commands.append(Reconcile(None, "startup"))
-                    else:
-                        commands.extend(Reconcile(h, "reconnect") for h in sorted(self.cluster.workers))
-                elif isinstance(item, BrokerDown):
-                    pass
-                elif isinstance(item, CommandFailed):
-                    log.warning("command failed", command=repr(item.command), error=item.error)
-                elif isinstance(item, ReloadRequested | RollbackRequested | RegisteredIn | StartFailedIn):
-                    self._pool_input(item, now, notices)
-                else:
-                    self._drain_input(item, now, commands, notices)
+                self._dispatch(item, now, commands, notices)
                 if self.synced.is_set() and self.pool_targets:
                     c, n = self.fleet.plan(self.pool_targets, self.cluster, self.drains, now,
                                            requested_by=self._requested_by)
@@ -409,6 +385,60 @@ class Controller:
                 changed, self._changed = self._changed, anyio.Event()
                 changed.set()
 
+    def _dispatch(self, item: Input, now: float, commands: list[Command], notices: list[Notice]) -> None:
+        """Apply one input. Every input type is matched: a new one cannot be dropped silently."""
+        match item:
+            case EventsIn():
+                self._ingest(item, now, commands, notices)
+            case Tick():
+                notices.extend(self.cluster.tick(now))
+                c, n = self.cluster.recheck(now)
+                commands.extend(c)
+                notices.extend(n)
+                commands.extend(self._startup_broadcast())
+            case SnapshotsIn():
+                self._merge(item, now, commands, notices)
+            case EventsEnabledIn():
+                self._heard(item.hostname, item.enabled_now is not None, item.asked_at, now, notices)
+                if item.enabled_now is not None:
+                    commands.extend(self.cluster.note_task_events(item.hostname, item.enabled_now, now))
+                    if item.enabled_now:
+                        log.info("task events turned on", worker=item.hostname)
+            case DroppedIn():
+                self.stats.dropped += item.events
+                log.warning("event queue overflowed; oldest events dropped", events=item.events,
+                            total=self.stats.dropped)
+            case LeaseDeniedIn():
+                # Never add_consumer here: the other controller may be draining this very worker.
+                notices.extend(self.drains.abandon(
+                    item.hostname, now,
+                    "another controller holds this worker's lease (drainctl.lock.<hostname>): it is acting on it"))
+                self.fleet.cancelled.pop(item.hostname, None)
+                if self.journal is not None:
+                    self.journal.forget(item.hostname)
+            case BrokerUp():
+                # Until the start-up broadcast has been merged, every connection asks everyone again.
+                commands.extend(self._startup_broadcast())
+                if self.synced.is_set():
+                    commands.extend(Reconcile(h, "reconnect") for h in sorted(self.cluster.workers))
+            case BrokerDown():
+                pass
+            case CommandFailed():
+                log.warning("command failed", command=repr(item.command), error=item.error)
+            case RegisteredIn() | StartFailedIn() | ReloadRequested() | RollbackRequested():
+                self._pool_input(item, now, notices)
+            case (DrainRequested() | CancelRepliedIn() | QueuesRepliedIn() | WorkerStartedIn()
+                  | WorkerExitedIn()):
+                self._drain_input(item, now, commands, notices)
+            case _:
+                assert_never(item)
+
+    def _startup_broadcast(self) -> list[Command]:
+        """The start-up broadcast, until one has been merged: sent again when the last one failed."""
+        if self.synced.is_set() or self.control is None or (None, "startup") in self._reconciling:
+            return []
+        return [Reconcile(None, "startup")]
+
     def _heard(self, hostname: str, answered: bool, asked_at: float | None, now: float,
                notices: list[Notice]) -> None:
         """A remote-control question to `hostname` was answered, or went unanswered (not a broker failure)."""
@@ -417,16 +447,22 @@ class Controller:
         else:
             notices.extend(self.cluster.note_unanswered(hostname, asked_at if asked_at is not None else now, now))
 
-    def _pool_input(self, item: Input, now: float, notices: list[Notice]) -> None:
-        if isinstance(item, RegisteredIn):
-            self._heard(item.hostname, item.tasks is not None, item.asked_at, now, notices)
-            self.fleet.registered(item.hostname, item.tasks, now)
-        elif isinstance(item, StartFailedIn):
-            notices.extend(self.fleet.start_failed(item.hostname, item.error, now))
-        elif isinstance(item, ReloadRequested):
-            self._reload(item, now)
-        elif isinstance(item, RollbackRequested):
-            self._rollback(item)
+    def _pool_input(
+        self, item: RegisteredIn | StartFailedIn | ReloadRequested | RollbackRequested, now: float,
+        notices: list[Notice],
+    ) -> None:
+        match item:
+            case RegisteredIn():
+                self._heard(item.hostname, item.tasks is not None, item.asked_at, now, notices)
+                self.fleet.registered(item.hostname, item.tasks, now)
+            case StartFailedIn():
+                notices.extend(self.fleet.start_failed(item.hostname, item.error, now))
+            case ReloadRequested():
+                self._reload(item, now)
+            case RollbackRequested():
+                self._rollback(item)
+            case _:
+                assert_never(item)
 
     def _reload(self, item: ReloadRequested, now: float) -> None:
         answer = item.answer
@@ -499,7 +535,10 @@ class Controller:
         answer.detail = {"pool": item.pool, "version": version, "pinned": True}
         answer.done.set()
 
-    def _drain_input(self, item: Input, now: float, commands: list[Command], notices: list[Notice]) -> None:
+    def _drain_input(
+        self, item: DrainRequested | CancelRepliedIn | QueuesRepliedIn | WorkerStartedIn | WorkerExitedIn,
+        now: float, commands: list[Command], notices: list[Notice],
+    ) -> None:
         drains = self.drains
         if isinstance(item, DrainRequested):
             try:
@@ -535,11 +574,15 @@ class Controller:
                 del self.managed[handle.hostname]
             notices.extend(drains.exited(self.cluster, handle.hostname, item.exited.exit_code,
                                          item.exited.forced, now))
-            notices.extend(self.fleet.exited(handle.hostname, item.exited.exit_code, now))
+            c, n = self.fleet.exited(handle.hostname, item.exited.exit_code, now)
+            commands.extend(c)
+            notices.extend(n)
             if self.journal is not None:
                 self.journal.forget(handle.hostname)
             log.info("worker process exited", worker=handle.hostname, exit_code=item.exited.exit_code,
                      runtime=handle.runtime)
+        else:
+            assert_never(item)
 
     def _ingest(self, item: EventsIn, now: float, commands: list[Command], notices: list[Notice]) -> None:
         stats = self.stats
@@ -591,6 +634,11 @@ class Controller:
             answered = any(s.tasks is not None for s in item.snapshots)
             commands.extend(self.drains.confirm_done(self.cluster, item.target, answered, now))
         if item.target is None:
+            # A worker that came up while the broadcast was out (its pidbox queue not bound yet) did not
+            # hear it: ask each one not in the replies on its own, at once.
+            replied = {s.hostname for s in item.snapshots}
+            commands.extend(Reconcile(w.hostname, STARTUP_MISSED) for w in self.cluster
+                            if w.hostname not in replied and w.queues is None)
             log.info("start-up reconcile merged", workers=len(item.snapshots),
                      in_flight=self.cluster.in_flight())
             self.synced.set()
@@ -604,51 +652,77 @@ class Controller:
 
     # ------------------------------------------------------------------ commands
     def _execute(self, command: Command) -> None:
+        """Turn one core command into I/O. Every command type is matched: none is dropped silently."""
         if self._tg is None:
             return  # not running (a reducer driven on its own, e.g. by a benchmark)
         tg = self._tg
+        match command:
+            case Reconcile():
+                self._start_reconcile(command, tg)
+            case JournalCancel():
+                # Synchronously, before the cancel_consumer that follows it in this same batch.
+                if self.journal is not None:
+                    self.journal.record_cancel(command.hostname, command.rollout_id)
+            case JournalRollout():
+                rollout = self.fleet.rollout(command.rollout_id)
+                if self.journal is not None and rollout is not None:
+                    self.journal.record_rollout(rollout, time.time() - self.clock())
+                    self.journal.save_pins(self.fleet.pins)
+            case StartWorker():
+                tg.start_soon(self._start_pool_worker, command)
+            case StopWorker() | EscalateWorker():
+                handle = self.managed.get(command.hostname)
+                # The worker's own runtime: a container must be stopped by the engine that runs it.
+                runtime = self.runtimes.get(handle.runtime) if handle is not None else None
+                if handle is not None and runtime is not None:
+                    tg.start_soon(self._runtime_command, command, handle, runtime)
+            case DeleteStandby():
+                if self.connection is not None:
+                    tg.start_soon(self._delete_standby, command.hostname, self.connection)
+            case (EnableEvents() | CancelConsumers() | AddConsumers() | QueryQueues() | ShutdownWorker()
+                  | QueryRegistered() | SwitchToPool() | CancelStandby()):
+                self._execute_remote(command, tg)
+            case _:
+                assert_never(command)
+
+    def _execute_remote(
+        self,
+        command: (EnableEvents | CancelConsumers | AddConsumers | QueryQueues | ShutdownWorker | QueryRegistered
+                  | SwitchToPool | CancelStandby),
+        tg: anyio.abc.TaskGroup,
+    ) -> None:
         control = self.control
-        if isinstance(command, Reconcile):
-            key = (command.hostname, command.reason)
-            if key in self._reconciling:
-                return  # one at a time per target and purpose: the running one answers the same
-            broadcasting = (None, "startup") in self._reconciling
-            if command.hostname is not None and broadcasting and command.reason in DISCOVERY_REASONS:
-                return  # the start-up broadcast under way asks every worker already
-            if control is None:
-                return  # disconnected: the reconnect reconciles every known worker anyway
-            self._reconciling.add(key)
-            tg.start_soon(self._reconcile, command, control)
-        elif isinstance(command, JournalCancel):
-            # Synchronously, before the cancel_consumer that follows it in this same batch.
-            if self.journal is not None:
-                self.journal.record_cancel(command.hostname, command.rollout_id)
-        elif isinstance(command, JournalRollout):
-            rollout = self.fleet.rollout(command.rollout_id)
-            if self.journal is not None and rollout is not None:
-                self.journal.record_rollout(rollout, time.time() - self.clock())
-                self.journal.save_pins(self.fleet.pins)
-        elif isinstance(command, StartWorker):
-            tg.start_soon(self._start_pool_worker, command)
-        elif isinstance(command, StopWorker | EscalateWorker):
-            handle = self.managed.get(command.hostname)
-            # The worker's own runtime: a container must be stopped by the engine that runs it.
-            runtime = self.runtimes.get(handle.runtime) if handle is not None else None
-            if handle is not None and runtime is not None:
-                tg.start_soon(self._runtime_command, command, handle, runtime)
-        elif control is None:
-            # Remote control needs the broker; a drain asks again after its retry interval.
+        if control is None:
+            # Remote control needs the broker; every asker asks again after its retry interval.
             log.info("broker down: command deferred", command=type(command).__name__)
-        elif isinstance(command, EnableEvents):
-            tg.start_soon(self._enable_events, command, control)
-        elif isinstance(command, CancelConsumers | AddConsumers):
-            tg.start_soon(self._consumers, command, control)
-        elif isinstance(command, QueryQueues):
-            tg.start_soon(self._query_queues, command, control)
-        elif isinstance(command, ShutdownWorker):
-            tg.start_soon(self._shutdown, command, control)
-        elif isinstance(command, QueryRegistered):
-            tg.start_soon(self._query_registered, command, control)
+            return
+        match command:
+            case EnableEvents():
+                tg.start_soon(self._enable_events, command, control)
+            case CancelConsumers() | AddConsumers():
+                tg.start_soon(self._consumers, command, control)
+            case QueryQueues():
+                tg.start_soon(self._query_queues, command, control)
+            case ShutdownWorker():
+                tg.start_soon(self._shutdown, command, control)
+            case QueryRegistered():
+                tg.start_soon(self._query_registered, command, control)
+            case SwitchToPool():
+                tg.start_soon(self._switch_to_pool, command, control)
+            case CancelStandby():
+                tg.start_soon(self._cancel_standby, command, control)
+            case _:
+                assert_never(command)
+
+    def _start_reconcile(self, command: Reconcile, tg: anyio.abc.TaskGroup) -> None:
+        key = (command.hostname, command.reason)
+        if key in self._reconciling:
+            return  # one at a time per target and purpose: the running one answers the same
+        control = self.control
+        if control is None:
+            return  # disconnected: the reconnect asks again (the broadcast, or every known worker)
+        self._reconciling.add(key)
+        tg.start_soon(self._reconcile, command, control)
 
     async def _start_pool_worker(self, command: StartWorker) -> None:
         pool = self.pool_specs.get((command.pool, command.version))
@@ -660,7 +734,7 @@ class Controller:
             await self._send.send(StartFailedIn(command.hostname, f"the {pool.runtime} runtime is not set up"))
             return
         try:
-            handle = await runtime.start(spec_for(pool, command.version, command.hostname))
+            handle = await runtime.start(spec_for(pool, command.version, command.hostname, quiet=command.quiet))
         except DrainctlError as exc:
             await self._send.send(StartFailedIn(command.hostname, str(exc)))
             return
@@ -742,6 +816,67 @@ class Controller:
         if isinstance(command, CancelConsumers):
             await self._send.send(CancelRepliedIn(command.hostname, replies, asked_at))
 
+    async def _switch_to_pool(self, command: SwitchToPool, control: broker.ControlClient) -> None:
+        """add_consumer for each pool queue, declared as -Q would on this worker (see `drainctl.core.quiet`)."""
+        hostname = command.hostname
+        timeout = self.settings.broker.reply_timeout_s
+        asked_at = self.clock()
+        try:
+            current = await control.call("active_queues", {}, [hostname], timeout_s=timeout)
+            reply = current.replies.get(hostname)
+            if reply is None:
+                await self._send.send(QueuesRepliedIn(hostname, None, asked_at))
+                return
+            standby = standby_declaration(reply, hostname)
+            calls = [("add_consumer", add_consumer_arguments(q, standby)) for q in command.queues]
+            results = await control.call_many(calls, [hostname], timeout_s=timeout)
+            refused = {q: r.replies.get(hostname) for q, r in zip(command.queues, results, strict=True)
+                       if not (isinstance(r.replies.get(hostname), dict) and "ok" in r.replies[hostname])}
+            if refused:
+                log.warning("add_consumer not confirmed", worker=hostname, replies=refused)
+            queues = await self._confirm_queues(control, hostname, lambda qs: set(command.queues) <= set(qs))
+        except DrainctlError as exc:
+            await self._send.send(CommandFailed(command, str(exc)))
+            return
+        log.info("worker switched to the pool's queues" if queues is not None and set(command.queues) <= set(queues)
+                 else "switch to the pool's queues not confirmed yet", worker=hostname, queues=queues)
+        await self._send.send(QueuesRepliedIn(hostname, queues, asked_at))
+
+    async def _cancel_standby(self, command: CancelStandby, control: broker.ControlClient) -> None:
+        hostname = command.hostname
+        standby = standby_queue(hostname)
+        asked_at = self.clock()
+        try:
+            await control.call("cancel_consumer", {"queue": standby}, [hostname],
+                               timeout_s=self.settings.broker.reply_timeout_s)
+            queues = await self._confirm_queues(control, hostname, lambda qs: standby not in qs)
+        except DrainctlError as exc:
+            await self._send.send(CommandFailed(command, str(exc)))
+            return
+        await self._send.send(QueuesRepliedIn(hostname, queues, asked_at))
+        connection = self.connection
+        if queues is not None and standby not in queues and connection is not None:
+            await self._delete_standby(hostname, connection)
+
+    async def _confirm_queues(
+        self, control: broker.ControlClient, hostname: str, done: Callable[[tuple[str, ...]], bool]
+    ) -> tuple[str, ...] | None:
+        """`active_queues` until `done` holds (a few round trips at most): Celery applies add_consumer and
+        cancel_consumer after it has replied to them, on its next loop iteration."""
+        queues: tuple[str, ...] | None = None
+        for _ in range(CONFIRM_ATTEMPTS):
+            result = await control.call("active_queues", {}, [hostname], timeout_s=self.settings.broker.reply_timeout_s)
+            queues = parse_queues(result.replies.get(hostname), [])
+            if queues is not None and done(queues):
+                break
+        return queues
+
+    async def _delete_standby(self, hostname: str, connection: AbstractConnection) -> None:
+        try:
+            await broker.delete_unused_queue(connection, standby_queue(hostname))
+        except DrainctlError as exc:
+            log.info("standby queue not deleted", worker=hostname, error=str(exc))
+
     async def _query_queues(self, command: QueryQueues, control: broker.ControlClient) -> None:
         asked_at = self.clock()
         try:
@@ -787,7 +922,7 @@ class Controller:
         # gone. So a targeted question to a worker just seen starts with short deadlines (one that
         # answers later is just asked again) and ends with the configured one. A worker drainctl
         # already talked to gets the whole deadline each time: a late answer is no loss.
-        just_seen = command.reason in DISCOVERY_REASONS or command.reason == "worker-online"
+        just_seen = command.reason in DISCOVERY_REASONS or command.reason == STARTUP_MISSED
         if destination is None:
             deadlines = [reply_timeout]
         elif just_seen:

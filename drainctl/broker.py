@@ -207,6 +207,10 @@ class ControlClient:
         await queue.consume(client._on_reply, no_ack=True)
         return client
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the control channel closes (e.g. the broker closed it after a channel error)."""
+        self._channel.close_callbacks.add(lambda *_: callback())
+
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         ticket = (message.headers or {}).get("ticket")
         collector = self._waiting.get(ticket) if isinstance(ticket, str) else None
@@ -333,6 +337,23 @@ class Leases:
         self.held.discard(hostname)
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.queue_delete(self.queue_name(hostname))
+
+
+async def delete_unused_queue(connection: AbstractConnection, name: str) -> None:
+    """Delete a queue and the exchange of the same name, only if nothing consumes the queue.
+
+    On a channel of its own: a refusal (the queue is in use) closes that channel, not one that matters.
+    """
+    try:
+        channel = await connection.channel()
+        try:
+            await channel.queue_delete(name, if_unused=True)
+            await channel.exchange_delete(name, if_unused=True)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        raise BrokerError(f"cannot delete {name!r}: {exc}") from exc
 
 
 RECONCILE_METHODS: Final = ("clock", "active", "reserved", "scheduled", "active_queues")

@@ -156,6 +156,10 @@ class PoolSettings(_Section):
     network_mode: str = "host"
     binds: list[str] = Field(default_factory=list)
     cwd: str | None = None
+    # A new worker first consumes only a standby queue of its own (through {queues} / -Q) and is given
+    # the pool's queues once the readiness gate has judged it. false: it consumes them from the start
+    # (a worker that fails the gate may then have taken and lost messages; docs/deployment.md).
+    quiet_start: bool = True
 
     @field_validator("name")
     @classmethod
@@ -184,6 +188,14 @@ class PoolSettings(_Section):
             for name in re.findall(r"{(\w*)}", arg):
                 if name not in PLACEHOLDERS:
                     raise ValueError(f"command: unknown placeholder {{{name}}} (known: {', '.join(PLACEHOLDERS)})")
+        placed = "".join(self.command)
+        if self.quiet_start and "{hostname}" in placed and "{queues}" not in placed:
+            raise ValueError(
+                "command: has {hostname} but no {queues}: drainctl cannot start a worker quiet (on its standby "
+                "queue) when the command names its queues itself. Pass the queues as {queues} (e.g. "
+                "-Q {queues}, or --queues {queues} for airflow celery worker), or set quiet_start = false "
+                "to accept that a new worker consumes before it is judged"
+            )
         return self
 
     @property

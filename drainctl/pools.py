@@ -8,6 +8,7 @@ from typing import Any
 
 from drainctl.config import PoolSettings
 from drainctl.core.drain import DrainPolicy
+from drainctl.core.quiet import standby_queue
 from drainctl.core.rollout import PoolTarget
 from drainctl.runtime.base import WorkerSpec
 
@@ -23,28 +24,35 @@ def target_of(pool: PoolSettings, host: str | None = None) -> PoolTarget:
         drain_policy=DrainPolicy(deadline_s=pool.drain_deadline_s, on_deadline=pool.on_drain_deadline,
                                  stop_timeout_s=pool.stop_timeout_s, retire_grace_s=pool.retire_grace_s),
         host=host or socket.gethostname(),
+        quiet_start=pool.quiet_start,
     )
 
 
-def command_for(pool: PoolSettings, version: str, hostname: str) -> tuple[str, ...]:
+def start_queues(pool: PoolSettings, hostname: str, *, quiet: bool) -> tuple[str, ...]:
+    """What a new worker consumes at start: its standby queue alone when it starts quiet."""
+    return (standby_queue(hostname),) if quiet else tuple(pool.queues)
+
+
+def command_for(pool: PoolSettings, version: str, hostname: str, *, quiet: bool = False) -> tuple[str, ...]:
     """Fill the command template; without {hostname} in it, append `-n NAME -Q QUEUES -c N`."""
+    queues = ",".join(start_queues(pool, hostname, quiet=quiet))
     values: Mapping[str, Any] = {
-        "hostname": hostname, "queues": ",".join(pool.queues), "concurrency": pool.concurrency,
+        "hostname": hostname, "queues": queues, "concurrency": pool.concurrency,
         "pool": pool.name, "version": version,
     }
     argv = [arg.format_map(values) for arg in pool.command]
     if not any("{hostname}" in arg for arg in pool.command):
-        argv += ["-n", hostname, "-Q", ",".join(pool.queues), "-c", str(pool.concurrency)]
+        argv += ["-n", hostname, "-Q", queues, "-c", str(pool.concurrency)]
     return tuple(argv)
 
 
-def spec_for(pool: PoolSettings, version: str, hostname: str) -> WorkerSpec:
+def spec_for(pool: PoolSettings, version: str, hostname: str, *, quiet: bool = False) -> WorkerSpec:
     return WorkerSpec(
         hostname=hostname,
         pool=pool.name,
         version=version,
-        queues=tuple(pool.queues),
-        command=command_for(pool, version, hostname),
+        queues=start_queues(pool, hostname, quiet=quiet),
+        command=command_for(pool, version, hostname, quiet=quiet),
         env=dict(pool.env),
         image=pool.image,
         stop_timeout_s=pool.stop_timeout_s,

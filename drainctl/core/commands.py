@@ -24,9 +24,6 @@ class EnableEvents:
     hostname: str
 
 
-
-
-
 @dataclass(frozen=True, slots=True)
 class CancelConsumers:
     """`cancel_consumer` for each queue, targeted at one worker: it stops taking new work."""
@@ -76,13 +73,40 @@ class EscalateWorker:
 DrainCommand = CancelConsumers | AddConsumers | QueryQueues | ShutdownWorker | StopWorker | EscalateWorker
 
 
-
 @dataclass(frozen=True, slots=True)
 class StartWorker:
-    """Start a worker of `pool` at `version` under the Celery node name `hostname`."""
+    """Start a worker of `pool` at `version` under the Celery node name `hostname`.
+
+    `quiet`: it consumes only its standby queue until the readiness gate has judged it.
+    """
 
     pool: str
     version: str
+    hostname: str
+    quiet: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchToPool:
+    """A worker that passed the gate: `add_consumer` for each pool queue (declared as `-Q` would), then a
+    targeted `active_queues` whose answer comes back as a `QueuesRepliedIn`."""
+
+    hostname: str
+    queues: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelStandby:
+    """`cancel_consumer` for the standby queue of a worker that consumes its pool's queues, confirmed with
+    `active_queues`; the standby queue is deleted once nothing consumes it."""
+
+    hostname: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteStandby:
+    """Delete the standby queue (and its exchange) of a worker that has gone, if nothing consumes it."""
+
     hostname: str
 
 
@@ -109,5 +133,7 @@ class JournalRollout:
     rollout_id: str
 
 
-PoolCommand = StartWorker | QueryRegistered | JournalCancel | JournalRollout
+PoolCommand = (
+    StartWorker | SwitchToPool | CancelStandby | DeleteStandby | QueryRegistered | JournalCancel | JournalRollout
+)
 Command = Reconcile | EnableEvents | DrainCommand | PoolCommand

@@ -41,6 +41,7 @@ from drainctl.core.commands import (
     StopWorker,
 )
 from drainctl.core.model import Cluster, Notice, Task, Worker, WorkerState
+from drainctl.core.quiet import is_standby
 from drainctl.core.snapshot import TaskState
 
 DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
@@ -240,7 +241,8 @@ class DrainBook:
             raise DrainRefused(hostname, f"{hostname!r} is silent (no heartbeat); it may be dead or busy. "
                                "Use --force to drain it anyway", overridable=True)
         if not force:
-            for queue in worker.queues:
+            # A standby queue is never routed to: nobody waits on it.
+            for queue in (q for q in worker.queues if not is_standby(q)):
                 if not self._other_consumers(cluster, hostname, queue):
                     raise DrainRefused(
                         hostname,

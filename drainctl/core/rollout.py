@@ -10,9 +10,14 @@ drained workers resume consuming, the new ones are drained) and a restart.
 
 Invariants it keeps, per pool:
 - never more than `cap` workers alive (starting, serving and draining ones together);
+- a new worker starts quiet (on a standby queue of its own, see `drainctl.core.quiet`) and is judged
+  before it takes a pool message: online, answering remote control, registering every task the
+  running version registers (that list known: a member whose list is unknown is asked again, and the
+  gate waits). Only then does it consume the pool's queues (`SwitchToPool`); it is ready once the
+  model sees it consume all of them. A worker that fails before it switched is stopped (it holds no
+  pool message); one that may hold pool messages is drained, never just stopped;
 - an old worker is drained only when ready new + serving old workers exceed `replicas`, so every
-  queue keeps its consumers; and a new worker is ready only when it is online, consumes every queue
-  of the pool and registers every task the old version registered.
+  queue keeps its consumers.
 
 A worker that does not answer remote control (see the model) can be neither gated nor drained:
 a new one fails its readiness gate as soon as the model says so (the rollout aborts, saying why);
@@ -27,16 +32,25 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from drainctl.core.commands import (
+    CancelStandby,
     Command,
+    DeleteStandby,
     JournalCancel,
     JournalRollout,
     QueryRegistered,
     StartWorker,
+    StopWorker,
+    SwitchToPool,
 )
 from drainctl.core.drain import DrainBook, DrainPolicy, DrainRefused, Phase, not_answering_reason
-from drainctl.core.model import Cluster, Notice, WorkerState
+from drainctl.core.model import Cluster, Notice, Worker, WorkerState
+from drainctl.core.quiet import on_standby
 
 REGISTERED_RETRY_S = 1.0
+# A switch or a standby cancel not confirmed by then is sent again (both are idempotent in Celery).
+SWITCH_RETRY_S = 2.0
+# A failed quiet worker still alive this long after its stop was asked is stopped again.
+STOP_RETRY_S = 30.0
 MAX_START_BACKOFF_S = 60.0
 
 
@@ -52,6 +66,7 @@ class PoolTarget:
     ready_timeout_s: float = 120.0
     drain_policy: DrainPolicy = field(default_factory=DrainPolicy)
     host: str = "localhost"
+    quiet_start: bool = True
 
 
 @dataclass(slots=True)
@@ -67,8 +82,15 @@ class Member:
     registered: frozenset[str] | None = None
     registered_asked_at: float | None = None
     # Found running at start-up (not started by this controller process): never failed by the
-    # readiness timeout — an operator may have paused it (no consumers) on purpose.
+    # readiness timeout — an operator may have paused it (no consumers) on purpose — unless it is
+    # on its standby queue: then it is judged again like a new worker.
     adopted: bool = False
+    # Started on its standby queue (quiet start).
+    quiet: bool = False
+    # When `add_consumer` for the pool's queues was last sent: from then on it may hold pool messages.
+    switch_asked_at: float | None = None
+    standby_cancel_asked_at: float | None = None
+    stop_asked_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -118,7 +140,6 @@ class Fleet:
         # Members a rollout needs drained but cannot drain, and why (each reported once).
         self.blocked: dict[str, str] = {}
         self.rollout_outcomes: Counter[str] = Counter()
-        self._seq = 0
 
     # ------------------------------------------------------------------ queries
     def target(self, pool: PoolTarget) -> str:
@@ -149,16 +170,17 @@ class Fleet:
         else:
             member.registered = frozenset(tasks)
 
-    def exited(self, hostname: str, exit_code: int | None, now: float) -> list[Notice]:
+    def exited(self, hostname: str, exit_code: int | None, now: float) -> tuple[list[Command], list[Notice]]:
         member = self.members.pop(hostname, None)
         self.cancelled.pop(hostname, None)
         self.blocked.pop(hostname, None)
         if member is None:
-            return []
+            return [], []
+        commands: list[Command] = [DeleteStandby(hostname)]
         if member.ready_at is None and member.failed is None:
             code = exit_code if exit_code is not None else "unknown"
-            return self._fail(member, f"exited with code {code} before it was ready", now)
-        return []
+            return commands, self._fail(member, f"exited with code {code} before it was ready", now)
+        return commands, []
 
     def start_failed(self, hostname: str, error: str, now: float) -> list[Notice]:
         member = self.members.pop(hostname, None)
@@ -235,7 +257,9 @@ class Fleet:
         # 1. Target-version workers drained by a rollout that no longer wants it: consume again.
         for member in new:
             drain = drains.active.get(member.hostname)
-            if (drain is not None and drain.requested_by.startswith("rollout")
+            # A drain is the rollout's own only if the fleet's journal of intents says so: never by
+            # what a caller wrote in `requested_by`.
+            if (drain is not None and member.hostname in self.cancelled
                     and drain.phase not in (Phase.RETIRING, Phase.STOPPING)):
                 commands.extend(drains.cancel(cluster, member.hostname, now, f"{target} is the target again"))
                 self.cancelled.pop(member.hostname, None)
@@ -252,8 +276,8 @@ class Fleet:
         if missing > 0 and room > 0 and now >= self.next_start_at.get(pool.name, 0.0):
             for _ in range(min(missing, room)):
                 hostname = self._hostname(pool, target)
-                self.members[hostname] = Member(hostname, pool.name, target, started_at=now)
-                commands.append(StartWorker(pool.name, target, hostname))
+                self.members[hostname] = Member(hostname, pool.name, target, started_at=now, quiet=pool.quiet_start)
+                commands.append(StartWorker(pool.name, target, hostname, quiet=pool.quiet_start))
                 notices.append(Notice("worker-starting", hostname, f"{pool.name} {target}"))
 
         # 3. Drain old workers, one for each ready new worker beyond the pool's size; those that can be
@@ -273,10 +297,19 @@ class Fleet:
                 worker = cluster.worker(member.hostname)
                 assert worker is not None
                 blocked[member.hostname] = not_answering_reason(worker)
-        # 4. Failed workers still alive are drained, never just stopped: they may hold tasks.
+        # 4. Failed workers still alive: one that never left its standby queue holds no pool message and is
+        # stopped; any other is drained, never just stopped: it may hold tasks.
         for member in members:
-            if member.failed is not None and member.hostname not in draining:
+            if member.failed is None or member.hostname in draining:
+                continue
+            if self._never_consumed(member, pool, cluster):
+                commands.extend(self._stop(member, pool, now))
+            else:
                 commands.extend(self._drain(member, pool, cluster, drains, now, active, blocked, force=True))
+        # 4b. Ready workers leave their standby queue.
+        for member in members:
+            if member.ready_at is not None and member.failed is None:
+                commands.extend(self._leave_standby(member, cluster, now))
         # 5. More ready target workers than the pool's size (replicas lowered): drain the newest.
         if len(ready_new) > pool.replicas:
             for member in sorted(ready_new, key=lambda m: m.started_at)[pool.replicas:]:
@@ -314,55 +347,135 @@ class Fleet:
         self, member: Member, pool: PoolTarget, cluster: Cluster, now: float, notices: list[Notice]
     ) -> list[Command]:
         worker = cluster.worker(member.hostname)
-        if worker is not None and worker.not_answering and not member.adopted:
-            notices.extend(self._fail(member, (
-                "does not answer remote control (is worker_enable_remote_control off?): the readiness gate "
-                "cannot check the queues it consumes nor the tasks it registers, and drainctl could never drain it"
-            ), now))
+        # The gate's deadline and its remote-control verdict apply to every worker drainctl started, and to
+        # an adopted one still on its standby queue; not to one found serving (it may be paused on purpose).
+        judged = not member.adopted or self._quiet(member, worker)
+        if worker is not None and worker.not_answering and judged:
+            notices.extend(self._fail(member, "does not answer remote control (is worker_enable_remote_control off?): "
+                                      "the readiness gate cannot judge it, and drainctl could never drain it", now))
             return []
         online = worker is not None and worker.state is WorkerState.ONLINE
-        consuming = (worker is not None and worker.queues is not None
-                     and set(pool.queues) <= set(worker.queues))
-        if member.hostname in self.cancelled and worker is not None and worker.state is WorkerState.ONLINE:
+        queues = worker.queues if worker is not None else None
+        consuming = queues is not None and set(pool.queues) <= set(queues)
+        if member.hostname in self.cancelled and online:
             # Adopted mid-drain: it served before; its drain is resumed, not gated.
             member.ready_at = now
             return []
         commands: list[Command] = []
-        # Asked once the worker answered a reconcile (its queues are known): a command sent before
-        # its pidbox queue exists is simply gone, and would cost a whole reply timeout.
-        if online and consuming and member.registered is None and (
-                member.registered_asked_at is None or now - member.registered_asked_at >= REGISTERED_RETRY_S):
-            member.registered_asked_at = now
-            commands.append(QueryRegistered(member.hostname))
-        baseline = self._baseline(pool.name, member.version)
-        if online and consuming and member.registered is not None:
-            missing = sorted(baseline - member.registered) if baseline is not None else []
-            if missing:
-                notices.extend(self._fail(member, (
-                    f"does not register {', '.join(missing)}, which the running version registers: "
-                    "Celery would discard their messages"), now))
+        if online and consuming:
+            # Switched (the gate passed before add_consumer), or found consuming: then judged now.
+            passed = member.switch_asked_at is not None
+            if not passed:
+                passed, commands = self._gate(member, pool, cluster, now, notices)
+            if passed:
+                member.ready_at = now
+                notices.append(Notice("worker-ready", member.hostname, f"{member.pool} {member.version} consuming "
+                                      f"{', '.join(pool.queues)} after {now - member.started_at:.1f}s"))
                 return commands
-            member.ready_at = now
-            notices.append(Notice("worker-ready", member.hostname,
-                                  f"{member.pool} {member.version} online and consuming after "
-                                  f"{now - member.started_at:.1f}s"))
-            return commands
-        if now - member.started_at > pool.ready_timeout_s and not member.adopted:
+        elif online and on_standby(queues):
+            commands = self._judge_quiet(member, pool, cluster, now, notices)
+        if member.failed is None and judged and now - member.started_at > pool.ready_timeout_s:
             unanswered = f", remote-control questions unanswered: {len(worker.unanswered)}" if (
                 worker is not None and worker.unanswered) else ""
             notices.extend(self._fail(member, (
-                f"not ready after {pool.ready_timeout_s:g}s (online: {online}, consuming all of "
-                f"{', '.join(pool.queues)}: {consuming}, tasks registered: {member.registered is not None}"
-                f"{unanswered})"), now))
+                f"not ready after {pool.ready_timeout_s:g}s (online: {online}, on standby: {on_standby(queues)}, "
+                f"consuming all of {', '.join(pool.queues)}: {consuming}, tasks registered: "
+                f"{member.registered is not None}{unanswered})"), now))
         return commands
 
-    def _baseline(self, pool: str, version: str) -> frozenset[str] | None:
-        """What the other versions of the pool register (the union: a new version must cover it)."""
-        known = [m.registered for m in self.members.values()
-                 if m.pool == pool and m.version != version and m.registered is not None and m.failed is None]
-        if not known:
-            return None
-        return frozenset().union(*known)
+    def _judge_quiet(
+        self, member: Member, pool: PoolTarget, cluster: Cluster, now: float, notices: list[Notice]
+    ) -> list[Command]:
+        """A worker on its standby queue: once it passed the gate, add the pool's queues (again, if unconfirmed)."""
+        if member.switch_asked_at is not None:
+            if now - member.switch_asked_at < SWITCH_RETRY_S:
+                return []
+            member.switch_asked_at = now
+            return [SwitchToPool(member.hostname, pool.queues)]
+        passed, commands = self._gate(member, pool, cluster, now, notices)
+        if passed:
+            member.switch_asked_at = now
+            commands.append(SwitchToPool(member.hostname, pool.queues))
+            notices.append(Notice("worker-judged", member.hostname, f"{member.pool} {member.version} passed the "
+                                  f"gate after {now - member.started_at:.1f}s: adding {', '.join(pool.queues)}"))
+        return commands
+
+    def _gate(
+        self, member: Member, pool: PoolTarget, cluster: Cluster, now: float, notices: list[Notice]
+    ) -> tuple[bool, list[Command]]:
+        """Does it register every task the running version registers? Both lists known, or no verdict yet."""
+        commands = self._ask_registered(member, now) if member.registered is None else []
+        baseline, unknown = self._baseline(member, cluster)
+        for other in unknown:
+            worker = cluster.worker(other.hostname)
+            if worker is not None and worker.state is WorkerState.ONLINE:
+                commands.extend(self._ask_registered(other, now))
+        if member.registered is None or unknown:
+            return False, commands
+        missing = sorted(baseline - member.registered)
+        if missing:
+            notices.extend(self._fail(member, f"does not register {', '.join(missing)}, which the running "
+                                      "version registers: Celery would discard their messages", now))
+            return False, commands
+        return True, commands
+
+    @staticmethod
+    def _ask_registered(member: Member, now: float) -> list[Command]:
+        if member.registered_asked_at is not None and now - member.registered_asked_at < REGISTERED_RETRY_S:
+            return []
+        member.registered_asked_at = now
+        return [QueryRegistered(member.hostname)]
+
+    def _baseline(self, member: Member, cluster: Cluster) -> tuple[frozenset[str], list[Member]]:
+        """What the running members of the pool register (the union), and the members whose list is unknown.
+
+        Running: the other versions' members, and this version's members that passed the gate. A member
+        whose list is unknown makes the gate wait (it is asked again), unless its worker is gone or
+        shutting down: a lost reply is never read as "nothing to compare".
+        """
+        known: list[frozenset[str]] = []
+        unknown: list[Member] = []
+        for other in self.members.values():
+            if other is member or other.pool != member.pool or other.failed is not None:
+                continue
+            if other.version == member.version and other.ready_at is None:
+                continue  # being judged too
+            if other.registered is not None:
+                known.append(other.registered)
+                continue
+            worker = cluster.worker(other.hostname)
+            if worker is not None and worker.state is not WorkerState.OFFLINE:
+                unknown.append(other)
+        return frozenset().union(*known), unknown
+
+    @staticmethod
+    def _quiet(member: Member, worker: Worker | None) -> bool:
+        """Started quiet, or seen on its standby queue (an adopted one)."""
+        return member.quiet or (worker is not None and on_standby(worker.queues))
+
+    def _never_consumed(self, member: Member, pool: PoolTarget, cluster: Cluster) -> bool:
+        """A quiet worker that was never told to consume the pool's queues (and does not): it holds no pool message."""
+        worker = cluster.worker(member.hostname)
+        if member.switch_asked_at is not None or not self._quiet(member, worker):
+            return False
+        return worker is None or worker.queues is None or not (set(pool.queues) & set(worker.queues))
+
+    @staticmethod
+    def _stop(member: Member, pool: PoolTarget, now: float) -> list[Command]:
+        if member.stop_asked_at is not None and now - member.stop_asked_at < STOP_RETRY_S:
+            return []
+        member.stop_asked_at = now
+        return [StopWorker(member.hostname, pool.drain_policy.stop_timeout_s)]
+
+    @staticmethod
+    def _leave_standby(member: Member, cluster: Cluster, now: float) -> list[Command]:
+        worker = cluster.worker(member.hostname)
+        if worker is None or worker.state is not WorkerState.ONLINE or not on_standby(worker.queues):
+            return []
+        if member.standby_cancel_asked_at is not None and now - member.standby_cancel_asked_at < SWITCH_RETRY_S:
+            return []
+        member.standby_cancel_asked_at = now
+        return [CancelStandby(member.hostname)]
 
     def _drain(
         self, member: Member, pool: PoolTarget, cluster: Cluster, drains: DrainBook, now: float,
@@ -396,7 +509,6 @@ class Fleet:
         self, pool: PoolTarget, others: list[Member], target: str, now: float, requested_by: str,
         commands: list[Command], notices: list[Notice],
     ) -> Rollout:
-        self._seq += 1
         from_version = Counter(m.version for m in others).most_common(1)[0][0]
         rollout = Rollout(
             id=f"{pool.name}-{self.new_id()}", pool=pool.name, from_version=from_version, to_version=target,
@@ -405,11 +517,10 @@ class Fleet:
         self.rollouts[pool.name] = rollout
         commands.append(JournalRollout(rollout.id))
         notices.append(Notice("rollout-started", pool.name, f"{rollout.id}: {from_version} -> {target}"))
-        # The registered-tasks gate needs what the old version registers.
+        # The registered-tasks gate needs what the old version registers: ask before the new worker is up.
         for member in others:
-            if member.registered is None and member.registered_asked_at is None:
-                member.registered_asked_at = now
-                commands.append(QueryRegistered(member.hostname))
+            if member.registered is None:
+                commands.extend(self._ask_registered(member, now))
         return rollout
 
     def _close(self, rollout: Rollout, outcome: str, now: float, detail: str, notices: list[Notice],

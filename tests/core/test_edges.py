@@ -120,7 +120,7 @@ def fleet() -> Fleet:
 def test_fleet_lookups_and_inputs_for_unknown_workers() -> None:
     f = fleet()
     f.registered("nobody@h", ["t"], 0)
-    assert f.exited("nobody@h", 0, 0) == []
+    assert f.exited("nobody@h", 0, 0) == ([], [])
     assert f.start_failed("nobody@h", "boom", 0) == []
     assert f.rollout("nope") is None
     cluster = Cluster()
@@ -201,11 +201,30 @@ def test_a_reverted_drain_of_a_never_ready_member_counts_it_ready() -> None:
     feed(cluster, [worker_event("online", 1, host="x@h", pid=50)])
     cluster.set_queues("x@h", ("q",))
     book.start(cluster, host, 10, policy=DrainPolicy(), managed=True, requested_by="rollout:r")
+    f.cancelled[host] = "r"  # the rollout's own record of the drain
     cluster.set_queues(host, ())  # cancelled
     f.members[host].ready_at = None
     commands, _ = f.plan({"p": target}, cluster, book, 11)
     assert AddConsumers(host, ("q",)) in commands
     assert f.members[host].ready_at == 11
+
+
+def test_a_reverted_drain_of_a_silent_never_ready_member_counts_it_ready() -> None:
+    f = fleet()
+    cluster = Cluster(silent_after_s=5)
+    target = pool(replicas=1, cap=2)
+    (host,) = ready_pool(f, cluster, target)
+    book = DrainBook()
+    feed(cluster, [worker_event("online", 1, host="x@h", pid=50)])
+    cluster.set_queues("x@h", ("q",))
+    book.start(cluster, host, 10, policy=DrainPolicy(), managed=True, requested_by="rollout:r")
+    f.cancelled[host] = "r"
+    cluster.set_queues(host, ())
+    cluster.tick(100)  # no heartbeat since: silent, so the readiness check does not count it ready
+    f.members[host].ready_at = None
+    commands, _ = f.plan({"p": target}, cluster, book, 100)
+    assert AddConsumers(host, ("q",)) in commands
+    assert f.members[host].ready_at == 100
 
 
 def test_resume_of_a_worker_the_model_does_not_know_and_rollout_lookup() -> None:

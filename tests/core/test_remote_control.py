@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from drainctl.core.commands import CancelConsumers, Reconcile
+from drainctl.core.commands import CancelConsumers, Reconcile, StartWorker, StopWorker
 from drainctl.core.drain import DrainBook, DrainPolicy, DrainRefused
 from drainctl.core.model import MAX_UNANSWERED_KEPT, REMOTE_CONTROL_CHECK, Cluster, Notice, WorkerState
-from drainctl.core.rollout import Fleet, PoolTarget
+from drainctl.core.rollout import STOP_RETRY_S, Fleet, PoolTarget
 from drainctl.core.snapshot import WorkerSnapshot
 from tests.core.factories import feed, worker_event
 
@@ -234,7 +234,8 @@ def ready_v1() -> tuple[Pool, str]:
 
 def test_a_new_worker_that_does_not_answer_fails_the_gate_and_the_rollout_aborts_saying_why() -> None:
     pool, old = ready_v1()
-    pool.pool = replace(POOL, version="v2")
+    # Started consuming (quiet start off): it may hold pool messages, so it is never just stopped.
+    pool.pool = replace(POOL, version="v2", quiet_start=False)
     commands, _ = pool.plan()
     (new,) = [c.hostname for c in commands if hasattr(c, "version")]
     pool.start(new, answers=False)
@@ -256,6 +257,29 @@ def test_a_new_worker_that_does_not_answer_fails_the_gate_and_the_rollout_aborts
     # its operator stops it: it leaves the pool and the report
     pool.fleet.exited(new, 0, pool.now)
     assert new not in pool.fleet.blocked
+
+
+def test_a_quiet_new_worker_that_does_not_answer_is_stopped_it_holds_no_pool_message() -> None:
+    pool, old = ready_v1()
+    pool.pool = replace(POOL, version="v2")
+    commands, _ = pool.plan()
+    (start,) = [c for c in commands if isinstance(c, StartWorker)]
+    assert start.quiet
+    new = start.hostname
+    pool.start(new, answers=False)
+    pool.plan()
+    pool.deafen(new)
+    commands, notices = pool.plan()
+    (rollout,) = pool.fleet.history
+    assert rollout.outcome == "failed" and "does not answer remote control" in rollout.detail
+    assert StopWorker(new, POOL.drain_policy.stop_timeout_s) in commands
+    assert not [n for n in notices if n.kind == "rollout-blocked"] and new not in pool.drains.active
+    # asked once per STOP_RETRY_S, not on every plan
+    commands, _ = pool.plan()
+    assert not any(isinstance(c, StopWorker) for c in commands)
+    commands, _ = pool.plan(dt=STOP_RETRY_S)
+    assert StopWorker(new, POOL.drain_policy.stop_timeout_s) in commands
+    assert old not in pool.drains.active
 
 
 def test_an_old_worker_that_stops_answering_is_left_running_and_reported_blocked() -> None:

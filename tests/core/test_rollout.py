@@ -11,16 +11,21 @@ import pytest
 from drainctl.core.commands import (
     AddConsumers,
     CancelConsumers,
+    CancelStandby,
+    DeleteStandby,
     JournalCancel,
     JournalRollout,
     QueryRegistered,
     Reconcile,
     ShutdownWorker,
     StartWorker,
+    StopWorker,
+    SwitchToPool,
 )
 from drainctl.core.drain import DrainBook, Outcome
 from drainctl.core.events import parse_event
 from drainctl.core.model import Cluster, WorkerState
+from drainctl.core.quiet import standby_queue
 from drainctl.core.rollout import Fleet, PoolTarget
 from tests.core.factories import worker_event
 
@@ -46,6 +51,9 @@ class World:
         self.max_alive = 0
         self.min_consumers: int | None = None
         self.slow_drain: set[str] = set()
+        # Workers that were given the pool's queue, and those stopped through the runtime.
+        self.consumed: set[str] = set()
+        self.stopped: set[str] = set()
 
     def consumers(self) -> int:
         return sum(1 for w in self.cluster if w.state is WorkerState.ONLINE and w.queues and "q" in w.queues)
@@ -72,7 +80,25 @@ class World:
                 return
             self.cluster.apply(parse_event(worker_event("online", 1, host=command.hostname, pid=next(self.pids))),
                                self.now)
-            self.cluster.set_queues(command.hostname, () if command.version in self.never_consuming else ("q",))
+            if command.quiet:
+                self.cluster.set_queues(command.hostname, (standby_queue(command.hostname),))
+            elif command.version not in self.never_consuming:
+                self.consumed.add(command.hostname)
+                self.cluster.set_queues(command.hostname, ("q",))
+            else:
+                self.cluster.set_queues(command.hostname, ())
+        elif isinstance(command, SwitchToPool):
+            if self.version_of(command.hostname) not in self.never_consuming:
+                self.consumed.add(command.hostname)
+                self.cluster.set_queues(command.hostname, ("q", standby_queue(command.hostname)))
+        elif isinstance(command, CancelStandby):
+            worker = self.cluster.worker(command.hostname)
+            assert worker is not None and worker.queues is not None and "q" in worker.queues
+            self.cluster.set_queues(command.hostname, ("q",))
+        elif isinstance(command, StopWorker):
+            self.stopped.add(command.hostname)
+            self.fleet.exited(command.hostname, 0, self.now)
+            self.cluster.forget(command.hostname)
         elif isinstance(command, QueryRegistered):
             self.fleet.registered(command.hostname, self.registered.get(self.version_of(command.hostname), TASKS),
                                   self.now)
@@ -92,6 +118,9 @@ class World:
             self.cluster.forget(command.hostname)
         elif isinstance(command, JournalCancel | JournalRollout):
             self.journal.append(command)
+        elif isinstance(command, DeleteStandby):
+            worker = self.cluster.worker(command.hostname)
+            assert worker is None or worker.state is not WorkerState.ONLINE
 
     def run(self, done: Any, steps: int = 200) -> None:
         for _ in range(steps):
@@ -145,7 +174,7 @@ def test_rollout_replaces_every_worker_surge_first_within_the_cap() -> None:
 def test_surge_first_order_start_ready_then_drain() -> None:
     world = started_world()
     world.pool = replace(world.pool, version="v2")
-    for _ in range(3):
+    for _ in range(5):
         world.step()
     starts = [c for c in world.log if isinstance(c, StartWorker) and c.version == "v2"]
     assert len(starts) == 1  # cap 4 with 3 alive: one at a time
@@ -197,10 +226,9 @@ def test_abort_puts_drained_old_workers_back_to_work() -> None:
     world.slow_drain.update(olds)
     world.never_consuming.add("v2")
     world.step()
-    world.never_consuming.clear()
     first = next(m.hostname for m in world.fleet.of_pool("p") if m.version == "v2")
     world.cluster.set_queues(first, ("q",))
-    for _ in range(3):
+    for _ in range(5):
         world.step()
     draining = set(world.drains.active)
     assert draining and draining <= set(olds)
@@ -272,7 +300,7 @@ def test_a_restarted_controller_finishes_from_what_it_sees_and_its_journal() -> 
     world.pool = replace(world.pool, version="v2")
     olds = [m.hostname for m in world.fleet.of_pool("p")]
     world.slow_drain.update(olds)
-    for _ in range(3):
+    for _ in range(5):
         world.step()
     draining = sorted(world.drains.active)
     assert draining
@@ -356,3 +384,140 @@ def test_recovery_when_the_crash_fell_between_the_journal_and_the_cancel() -> No
 
 class _Crash(Exception):
     pass
+
+
+# --------------------------------------------------------------------------- quiet start and the gate
+
+
+def test_a_version_that_lacks_a_task_never_consumes_the_pool_queue_and_is_stopped() -> None:
+    world = started_world()
+    world.registered["v2"] = frozenset({"t.a"})
+    world.pool = replace(world.pool, version="v2")
+    world.run(lambda: world.settled("v1") and bool(world.fleet.history), steps=300)
+    bad = [c.hostname for c in world.log if isinstance(c, StartWorker) and c.version == "v2"]
+    assert bad and all(c.quiet for c in world.log if isinstance(c, StartWorker))
+    assert not [h for h in world.consumed if world.version_of(h) == "v2"]
+    assert not any(isinstance(c, SwitchToPool) and c.hostname in bad for c in world.log)
+    assert set(bad) <= world.stopped  # stopped, not drained: it never held a pool message
+    assert not any(isinstance(c, CancelConsumers) and c.hostname in bad for c in world.log)
+
+
+class LosingWorld(World):
+    """`registered` replies of the given versions are lost (no answer) a number of times each."""
+
+    def __init__(self, lost: dict[str, int], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.lost = dict(lost)
+
+    def execute(self, command: Any) -> None:
+        version = self.version_of(getattr(command, "hostname", "x-none"))
+        if isinstance(command, QueryRegistered) and self.lost.get(version, 0) > 0:
+            self.lost[version] -= 1
+            self.log.append(command)
+            self.fleet.registered(command.hostname, None, self.now)
+            return
+        super().execute(command)
+
+
+@pytest.mark.parametrize("lost_version", ["v1", "v2"])
+def test_lost_registered_replies_make_the_gate_wait_and_ask_again(lost_version: str) -> None:
+    world = LosingWorld({})
+    world.run(lambda: world.settled("v1"))
+    for member in world.fleet.of_pool("p"):
+        member.registered = None  # as after a controller restart: the old version's list is unknown
+    world.lost = {lost_version: 4}
+    world.registered["v2"] = frozenset({"t.a"})  # lacks t.b: only a known baseline can tell
+    world.pool = replace(world.pool, version="v2")
+    world.run(lambda: world.settled("v1") and bool(world.fleet.history), steps=300)
+    (rollout,) = world.fleet.history
+    assert rollout.outcome == "failed" and "does not register t.b" in rollout.detail
+    assert world.lost[lost_version] == 0  # every loss was followed by another question
+    assert not [h for h in world.consumed if world.version_of(h) == "v2"]
+
+
+def test_an_old_version_that_never_answers_registered_keeps_the_new_worker_quiet_until_its_timeout() -> None:
+    world = LosingWorld({})
+    world.run(lambda: world.settled("v1"))
+    for member in world.fleet.of_pool("p"):
+        member.registered = None
+    world.lost = {"v1": 10_000}
+    world.pool = replace(world.pool, version="v2")
+    world.run(lambda: world.settled("v1") and bool(world.fleet.history), steps=300)
+    (rollout,) = world.fleet.history
+    assert rollout.outcome == "failed" and "not ready after 30s" in rollout.detail
+    assert "on standby: True" in rollout.detail and "tasks registered: True" in rollout.detail
+    assert not [h for h in world.consumed if world.version_of(h) == "v2"]
+
+
+def test_a_switch_and_a_standby_cancel_not_confirmed_are_sent_again() -> None:
+    class Sticky(World):
+        def __init__(self) -> None:
+            super().__init__(replicas=1)
+            self.ignore: dict[type, int] = {SwitchToPool: 1, CancelStandby: 1}
+
+        def execute(self, command: Any) -> None:
+            if self.ignore.get(type(command), 0) > 0:
+                self.ignore[type(command)] -= 1
+                self.log.append(command)
+                return
+            super().execute(command)
+
+    world = Sticky()
+    world.run(lambda: world.settled("v1"))
+    for _ in range(4):
+        world.step()
+    host = world.fleet.of_pool("p")[0].hostname
+    assert [type(c) for c in world.log if getattr(c, "hostname", None) == host].count(SwitchToPool) == 2
+    assert [type(c) for c in world.log if getattr(c, "hostname", None) == host].count(CancelStandby) == 2
+    worker = world.cluster.worker(host)
+    assert worker is not None and worker.queues == ("q",)
+
+
+def test_after_a_restart_a_worker_found_on_its_standby_queue_is_judged_again() -> None:
+    world = World(replicas=1)
+    world.step()
+    (member,) = world.fleet.of_pool("p")
+    host = member.hostname
+    assert member.ready_at is None
+    # crash before the gate's verdict: the worker stays on standby; a new fleet adopts it
+    world.fleet = Fleet(new_id=lambda: "x")
+    world.fleet.adopt(host, "p", "v1", world.now)
+    world.registered["v1"] = frozenset({"t.a"})
+    world.run(lambda: world.settled("v1"))
+    assert world.fleet.members[host].adopted and world.fleet.members[host].ready_at is not None
+    assert any(isinstance(c, SwitchToPool) and c.hostname == host for c in world.log)
+
+
+def test_an_adopted_worker_on_standby_that_never_passes_the_gate_is_failed_by_the_timeout() -> None:
+    world = World(replicas=1)
+    world.never_consuming.add("v1")
+    world.step()
+    (member,) = world.fleet.of_pool("p")
+    world.fleet = Fleet(new_id=lambda: "x")
+    world.fleet.adopt(member.hostname, "p", "v1", world.now)
+    for _ in range(40):
+        world.step()
+    assert any(f.hostname == member.hostname and "not ready after 30s" in f.reason
+               for f in world.fleet.failures["p"])
+
+
+def test_a_drain_a_caller_labelled_as_a_rollout_is_not_the_rollouts_to_revert() -> None:
+    world = started_world(replicas=2)
+    host = world.fleet.of_pool("p")[0].hostname
+    world.pool = replace(world.pool, replicas=2)
+    drain, _ = world.drains.start(world.cluster, host, world.now, policy=world.pool.drain_policy, managed=True,
+                                  force=True, requested_by="rollout:made-up")
+    commands, _ = world.fleet.plan({"p": world.pool}, world.cluster, world.drains, world.now + 1)
+    assert not any(isinstance(c, AddConsumers) and c.hostname == host for c in commands)
+    assert world.drains.active[host] is drain
+
+
+def test_a_failed_worker_started_consuming_is_drained_not_stopped() -> None:
+    world = started_world()
+    world.pool = replace(world.pool, version="v2", quiet_start=False)
+    world.registered["v2"] = frozenset({"t.a"})
+    world.run(lambda: world.settled("v1") and bool(world.fleet.history), steps=300)
+    bad = [c.hostname for c in world.log if isinstance(c, StartWorker) and c.version == "v2"]
+    assert bad and not any(c.quiet for c in world.log if isinstance(c, StartWorker) and c.version == "v2")
+    assert not set(bad) & world.stopped
+    assert any(isinstance(c, CancelConsumers) and c.hostname in bad for c in world.log)
