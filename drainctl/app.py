@@ -88,8 +88,9 @@ STARTUP_MISSED: Final = "startup-missed"
 # Deadlines of the first questions to a worker just seen (then the configured reply timeout, twice).
 JUST_SEEN_DEADLINES_S: Final = (0.05, 0.15, 0.5)
 TICK_S: Final = 1.0
-# active_queues questions that confirm a switch or a standby cancel, at most, per attempt.
-CONFIRM_ATTEMPTS: Final = 4
+# Pauses before the active_queues questions that confirm a switch or a standby cancel: Celery applies
+# them on its next loop iteration, which a worker still starting up may not reach for a second or two.
+CONFIRM_DELAYS_S: Final = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 @dataclass(slots=True)
@@ -861,10 +862,11 @@ class Controller:
     async def _confirm_queues(
         self, control: broker.ControlClient, hostname: str, done: Callable[[tuple[str, ...]], bool]
     ) -> tuple[str, ...] | None:
-        """`active_queues` until `done` holds (a few round trips at most): Celery applies add_consumer and
-        cancel_consumer after it has replied to them, on its next loop iteration."""
+        """`active_queues` until `done` holds (a few round trips, within about 1.5 s): Celery applies
+        add_consumer and cancel_consumer after it has replied to them."""
         queues: tuple[str, ...] | None = None
-        for _ in range(CONFIRM_ATTEMPTS):
+        for delay in CONFIRM_DELAYS_S:
+            await anyio.sleep(delay)
             result = await control.call("active_queues", {}, [hostname], timeout_s=self.settings.broker.reply_timeout_s)
             queues = parse_queues(result.replies.get(hostname), [])
             if queues is not None and done(queues):

@@ -16,6 +16,10 @@ fixture. It is configured from the environment so each worker can be started dif
 ``TASKAPP_REMOTE_CONTROL``
     ``"0"`` sets ``worker_enable_remote_control = False``: the worker sends events and heartbeats
     but has no pidbox, so it answers no remote-control command (default ``"1"``).
+``TASKAPP_OMIT``
+    Comma-separated task names left unregistered: a "new version" that lacks them.
+``TASKAPP_EXIT_WHEN_READY``
+    ``"1"``: the worker exits (code 3) as soon as it is ready, after its worker-online.
 ``TASKAPP_RECORD_DIR``
     If set, :func:`sleep`, :func:`broken` and :func:`flaky` append JSON lines describing their
     executions to ``<dir>/<worker pid>.jsonl`` (one file per pool process); read them with
@@ -58,7 +62,11 @@ def _slow_shutdown(**_: Any) -> None:
 
 
 def _record(task: Any, event: str, **extra: Any) -> None:
-    """Append one execution record for ``task`` if ``TASKAPP_RECORD_DIR`` is set."""
+    """Append one execution record for ``task`` if ``TASKAPP_OMIT``
+    Comma-separated task names left unregistered: a "new version" that lacks them.
+``TASKAPP_EXIT_WHEN_READY``
+    ``"1"``: the worker exits (code 3) as soon as it is ready, after its worker-online.
+``TASKAPP_RECORD_DIR`` is set."""
     record_dir = os.environ.get("TASKAPP_RECORD_DIR")
     if not record_dir:
         return
@@ -123,3 +131,12 @@ def fail() -> None:
 # A "new version" that lacks a task: TASKAPP_OMIT_FAIL=1 leaves taskapp.fail unregistered.
 if os.environ.get("TASKAPP_OMIT_FAIL") != "1":
     fail = app.task(name="taskapp.fail")(fail)
+
+for _name in filter(None, os.environ.get("TASKAPP_OMIT", "").split(",")):
+    app.tasks.unregister(_name)
+
+
+@signals.worker_ready.connect
+def _exit_when_ready(**_: Any) -> None:
+    if os.environ.get("TASKAPP_EXIT_WHEN_READY") == "1":
+        os._exit(3)

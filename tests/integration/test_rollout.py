@@ -71,11 +71,12 @@ class PoolHarness:
         self.broker_url = broker_url
 
     def write(self, version: str, *, command: list[str] | None = None, extra_env: str = "",
-              ready_timeout: float = 60) -> None:
+              ready_timeout: float = 60, extra_pool: str = "") -> None:
+        """`extra_pool`: lines appended to the file (its last table is the pool's)."""
         text = self.template.format(
             controller_id=self.controller_id, state_dir=self.state_dir, queue=self.queue, version=version,
             command=_toml_list(command or WORKER), broker_url=self.broker_url, records=self.records, root=REPO_ROOT,
-            extra_env=extra_env, ready_timeout=ready_timeout)
+            extra_env=extra_env, ready_timeout=ready_timeout) + extra_pool
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, self.path)  # atomic, as an operator's deploy tool would
@@ -210,9 +211,10 @@ async def test_a_bad_version_aborts_with_capacity_intact(
         if bad == "crash-loop":
             harness.write("v2", command=[sys.executable, "-c", "import sys; sys.exit(3)"])
         elif bad == "never-consumes":
-            # Starts, comes online, answers remote control, but consumes another queue (a wrong -Q).
+            # Starts, comes online, answers remote control, but consumes another queue (a wrong -Q, which
+            # only a pool without quiet start lets a command name).
             harness.write("v2", command=[*WORKER, "-n", "{hostname}", "-Q", f"elsewhere-{harness.queue}"],
-                          ready_timeout=8)
+                          ready_timeout=8, extra_pool="quiet_start = false\n")
         else:
             harness.write("v2", extra_env=', TASKAPP_OMIT_FAIL = "1"')
         task = await send(celery_app, harness.queue, 0.5)
@@ -342,3 +344,39 @@ async def test_the_controllers_connection_closed_by_the_broker_mid_drain_the_rol
     starts = Counter((r["uuid"], r["retries"]) for r in runs if r["event"] == "start" and r["uuid"] in tasks)
     ends = Counter((r["uuid"], r["retries"]) for r in runs if r["event"] == "end" and r["uuid"] in tasks)
     assert starts == ends == Counter({(t, 0): 1 for t in tasks})
+
+
+@pytest.mark.parametrize(
+    ("bad", "extra_env", "reason"),
+    [("lacks-the-task", ', TASKAPP_OMIT = "taskapp.sleep"', "does not register taskapp.sleep"),
+     ("exits-after-online", ', TASKAPP_EXIT_WHEN_READY = "1"', "before it was ready"),
+     ("remote-control-off", ', TASKAPP_REMOTE_CONTROL = "0"', "not ready after")],
+)
+async def test_a_bad_version_under_a_backlog_never_takes_a_pool_message(
+    broker_url: str, celery_app: Celery, tmp_path: Path, bad: str, extra_env: str, reason: str
+) -> None:
+    """Quiet start: the new worker is judged on its standby queue, so a backlog waits for the old version."""
+    harness = PoolHarness(tmp_path, broker_url)
+
+    def write(version: str, **kw: Any) -> None:
+        harness.write(version, **kw)  # then Celery's default window, which a worker takes in one go
+        harness.path.write_text(harness.path.read_text().replace('TASKAPP_PREFETCH = "1"', 'TASKAPP_PREFETCH = "4"'))
+
+    write("v1")
+    async with running(harness) as ctl:
+        await ctl.wait_for(lambda: pool_at(ctl, "v1"), 90)
+        tasks = [await send(celery_app, harness.queue, 0.3) for _ in range(200)]
+        write("v2", extra_env=extra_env, ready_timeout=8)
+        await ctl.reload("test")
+        await ctl.wait_for(lambda: any(r.outcome == "failed" for r in ctl.fleet.history), 90)
+        failed = next(r for r in ctl.fleet.history if r.outcome == "failed")
+        assert reason in failed.detail
+        await ctl.wait_for(lambda: pool_at(ctl, "v1") and not any(w.tasks for w in ctl.cluster), 120)
+    runs = read_records(harness.records)
+    started = Counter(r["uuid"] for r in runs if r["event"] == "start")
+    ended = Counter(r["uuid"] for r in runs if r["event"] == "end")
+    assert started == ended == Counter(tasks), "every task of the backlog ran once, to its end"
+    assert {r["hostname"].split("-")[1] for r in runs} == {"v1"}
+    logs = "".join(p.read_text(errors="replace") for p in (harness.state_dir / "logs").glob("*.log"))
+    assert "Received unregistered task" not in logs
+    assert "drainctl.standby." in logs or bad == "remote-control-off"
