@@ -277,6 +277,9 @@ class ControlClient:
         finally:
             for ticket in tickets:
                 self._waiting.pop(ticket, None)
+        if self._channel.is_closed:
+            # Replies come on this channel: silence now says nothing about the workers.
+            raise ControlError(f"the control channel closed while waiting for replies to {calls[0][0]!r}")
         return [c.result(method) for c, (method, _) in zip(collectors, calls, strict=True)]
 
     async def call(
