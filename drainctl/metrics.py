@@ -33,7 +33,7 @@ RECONCILE_REASONS = (
 )
 ROLLOUT_OUTCOMES = ("succeeded", "failed", "superseded")
 RELOAD_OUTCOMES = ("applied", "rejected")
-POOL_WORKER_STATUSES = ("starting", "ready", "draining", "failed")
+POOL_WORKER_STATUSES = ("starting", "standby", "switching", "ready", "draining", "failed")
 
 
 class RolloutTally:
@@ -258,7 +258,8 @@ class ModelCollector(Collector):
 
         pool_workers = GaugeMetricFamily(
             "drainctl_pool_workers",
-            "Workers of each pool drainctl runs, by version and status (starting, ready, draining, failed).",
+            "Workers of each pool drainctl runs, by version and status (starting, standby, switching, ready, "
+            "draining, failed).",
             labels=["pool", "version", "status"])
         replicas = GaugeMetricFamily("drainctl_pool_replicas", "Workers the configuration asks of each pool.",
                                      labels=["pool"])
@@ -268,8 +269,7 @@ class ModelCollector(Collector):
             by_status: Counter[tuple[str, str]] = Counter(
                 {(fleet.target(target), status): 0 for status in POOL_WORKER_STATUSES})
             for member in fleet.of_pool(name):
-                status = ("failed" if member.failed else "draining" if member.hostname in drains.active
-                          else "ready" if member.ready_at is not None else "starting")
+                status = "draining" if member.hostname in drains.active and not member.failed else member.status
                 by_status[(member.version, status)] += 1
             for (version, status), count in sorted(by_status.items()):
                 pool_workers.add_metric([name, version, status], count)

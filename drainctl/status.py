@@ -68,8 +68,7 @@ def pools_document(controller: Controller) -> list[dict[str, Any]]:
         workers = []
         for member in members:
             drain = controller.drains.active.get(member.hostname)
-            status = ("failed: " + member.failed if member.failed else "ready" if member.ready_at is not None
-                      else "starting")
+            status = f"failed: {member.failed}" if member.failed else member.status
             workers.append({
                 "hostname": member.hostname, "version": member.version, "status": status,
                 "drain": drain_document(controller, drain) if drain is not None else None,

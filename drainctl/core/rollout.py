@@ -92,6 +92,18 @@ class Member:
     standby_cancel_asked_at: float | None = None
     stop_asked_at: float | None = None
 
+    @property
+    def status(self) -> str:
+        """starting | standby (started quiet, being judged) | switching (passed, taking the pool's queues) |
+        ready | failed."""
+        if self.failed is not None:
+            return "failed"
+        if self.ready_at is not None:
+            return "ready"
+        if self.switch_asked_at is not None:
+            return "switching"
+        return "standby" if self.quiet else "starting"
+
 
 @dataclass(slots=True)
 class Rollout:

@@ -521,3 +521,20 @@ def test_a_failed_worker_started_consuming_is_drained_not_stopped() -> None:
     assert bad and not any(c.quiet for c in world.log if isinstance(c, StartWorker) and c.version == "v2")
     assert not set(bad) & world.stopped
     assert any(isinstance(c, CancelConsumers) and c.hostname in bad for c in world.log)
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_member_shows_its_phase(quiet: bool) -> None:
+    world = World(replicas=1)
+    world.pool = replace(world.pool, quiet_start=quiet)
+    world.step()
+    (member,) = world.fleet.of_pool("p")
+    seen = [member.status]
+    while member.ready_at is None:
+        world.step()
+        seen.append(member.status)
+    assert seen[0] == ("standby" if quiet else "starting") and seen[-1] == "ready"
+    member.failed = "x"
+    assert member.status == "failed"
+    member.failed, member.ready_at, member.switch_asked_at = None, None, 1.0
+    assert member.status == "switching"
