@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, Literal
+from typing import Final
 
 from drainctl.core import refusals
 from drainctl.core.commands import (
@@ -42,6 +42,7 @@ from drainctl.core.commands import (
     StopWorker,
 )
 from drainctl.core.model import Cluster, Notice, Task, Worker, WorkerState
+from drainctl.core.policy import DrainPolicy as DrainPolicy
 from drainctl.core.refusals import DrainRefused as DrainRefused
 from drainctl.core.refusals import not_answering_reason as not_answering_reason
 from drainctl.core.snapshot import TaskState
@@ -69,21 +70,6 @@ class Outcome(StrEnum):
     RESTARTED_BY_SUPERVISOR = "restarted-by-supervisor"  # ...and it came back under the same name
     LOST = "lost"  # it died before drainctl retired it
     CANCELLED = "cancelled"  # the drain was called off; the worker consumes again
-
-
-OnDeadline = Literal["wait", "escalate"]
-
-
-@dataclass(frozen=True, slots=True)
-class DrainPolicy:
-    deadline_s: float | None = None
-    on_deadline: OnDeadline = "wait"
-    # After `shutdown`, how long a worker drainctl started may take to exit before the runtime stops it.
-    retire_grace_s: float = 15.0
-    # How long the runtime's stop waits for a warm shutdown before it kills.
-    stop_timeout_s: float = 600.0
-    # How long to wait for a control reply before asking again.
-    retry_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
