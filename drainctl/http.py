@@ -60,6 +60,14 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return _json({"error": message, **extra}, status)
 
 
+def _refused(refused: DrainRefused) -> web.Response:
+    """409 for every refusal, as before `temporary` existed (older clients read 409 as "refused")."""
+    response = _error(409, refused.reason, overridable=refused.overridable, temporary=refused.temporary)
+    if refused.temporary:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
 def build_app(controller: Controller, token: str | None) -> web.Application:
     registry = registry_for(controller)
 
@@ -100,11 +108,7 @@ def build_app(controller: Controller, token: str | None) -> web.Application:
                 body.hostname, force=body.force, policy=policy, requested_by=body.requested_by
             )
         except DrainRefused as refused:
-            # 409 for every refusal (as before `temporary` existed: older clients read 409 as "refused").
-            response = _error(409, refused.reason, overridable=refused.overridable, temporary=refused.temporary)
-            if refused.temporary:
-                response.headers["Retry-After"] = str(RETRY_AFTER_S)
-            return response
+            return _refused(refused)
         return _json({"drain": drain_document(controller, drain)}, 202)
 
     async def post_rollout(request: web.Request) -> web.Response:
