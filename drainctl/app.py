@@ -46,6 +46,7 @@ from drainctl.core.commands import (
 from drainctl.core.drain import CONFIRM_REASON, ConsumerTimeout, Drain, DrainBook, DrainPolicy, DrainRefused
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Decoded
 from drainctl.core.model import Cluster, Notice
+from drainctl.core.policy import PolicyOverrides
 from drainctl.core.quiet import add_consumer_arguments, standby_declaration, standby_queue
 from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.core.snapshot import build_snapshot, parse_queues
@@ -261,11 +262,17 @@ class Controller:
         return handle
 
     async def request_drain(
-        self, hostname: str, *, force: bool = False, policy: DrainPolicy | None = None, requested_by: str = "api"
+        self, hostname: str, *, force: bool = False, policy: DrainPolicy | PolicyOverrides | None = None,
+        requested_by: str = "api",
     ) -> Drain:
-        """Start (or join) a drain. Raises DrainRefused with the reason."""
+        """Start (or join) a drain. Raises DrainRefused with the reason.
+
+        A DrainPolicy is used as given. PolicyOverrides (None: none) are laid over the drain policy of the
+        worker's pool (its deadline, stop timeout, retire grace), or over the defaults for a worker of no pool.
+        """
         pending = Pending()
-        await self._send.send(DrainRequested(hostname, force, policy or DrainPolicy(), requested_by, pending))
+        chosen = PolicyOverrides() if policy is None else policy
+        await self._send.send(DrainRequested(hostname, force, chosen, requested_by, pending))
         await pending.done.wait()
         if isinstance(pending.result, DrainRefused):
             raise pending.result
@@ -544,11 +551,13 @@ class Controller:
         if isinstance(item, DrainRequested):
             try:
                 drain, c = drains.start(
-                    self.cluster, item.hostname, now, policy=item.policy, managed=item.hostname in self.managed,
-                    force=item.force, requested_by=item.requested_by,
+                    self.cluster, item.hostname, now, policy=self._requested_policy(item),
+                    managed=item.hostname in self.managed, force=item.force, requested_by=item.requested_by,
                 )
             except DrainRefused as refused:
-                log.warning("drain refused", worker=item.hostname, reason=refused.reason)
+                # A temporary refusal is asked again by a retrying client: info, not a warning per retry.
+                (log.info if refused.temporary else log.warning)(
+                    "drain refused", worker=item.hostname, reason=refused.reason, temporary=refused.temporary)
                 item.pending.result = refused
             else:
                 if c:
@@ -584,6 +593,14 @@ class Controller:
                      runtime=handle.runtime)
         else:
             assert_never(item)
+
+    def _requested_policy(self, item: DrainRequested) -> DrainPolicy:
+        """The policy of a requested drain: as given, or the caller's overrides on the worker's pool policy."""
+        if isinstance(item.policy, DrainPolicy):
+            return item.policy
+        member = self.fleet.members.get(item.hostname)
+        target = self.pool_targets.get(member.pool) if member is not None else None
+        return item.policy.over(target.drain_policy if target is not None else DrainPolicy())
 
     def _ingest(self, item: EventsIn, now: float, commands: list[Command], notices: list[Notice]) -> None:
         stats = self.stats

@@ -1,8 +1,9 @@
-"""Command line: `drainctl run | status | drain`.
+"""Command line: `drainctl run | status | drain | rollout | rollback | entrypoint`.
 
 Exit codes: 0 ok; 1 the operation failed (a drain ended `lost` or `cancelled`, the API is unreachable);
-2 bad input; 3 refused (e.g. the drain would leave a queue without a consumer); 4 still under way when
-`--wait` gave up.
+2 bad input; 3 refused (e.g. the drain would leave a queue without a consumer); 4 gave up: the time ran
+out (`drain --timeout`) while the drain was still under way (`--wait`) or still refused temporarily.
+`drainctl drain` retries a refusal the API calls temporary until `--timeout` (default 30 s), see `drain`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import json
 import signal
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -229,56 +231,121 @@ def _progress(drain: dict[str, Any]) -> str:
     return line
 
 
+# Without --timeout, how long `drainctl drain` retries a temporary refusal: far longer than a new worker
+# takes to be seen and to answer (about a second), and longer than no_remote_control_after_s (20 s by
+# default), after which a worker that never answers is refused for good (not retried).
+TEMPORARY_RETRY_S = 30.0
+RETRY_PAUSE_S = 1.0
+RETRY_REPORT_EVERY_S = 5.0  # while the reason stays the same, one line on stderr this often
+
+
 @main.command()
 @click.argument("hostname")
-@click.option("--wait", is_flag=True, help="Wait until the worker is retired (or the drain ends otherwise).")
+@click.option("--wait", is_flag=True,
+              help="Wait until the drain ends (worker retired, or the drain lost / cancelled); see --timeout.")
 @click.option("--timeout", "deadline_s", type=click.FloatRange(min=0, min_open=True), metavar="S",
-              help="Drain deadline: past it the drain is flagged (and escalated with --on-deadline escalate).")
-@click.option("--on-deadline", type=click.Choice(["wait", "escalate"]), default="wait", show_default=True)
+              help="The drain's deadline, counted from now: past it the drain is flagged (and escalated with "
+                   "--on-deadline escalate); with --wait, give up waiting then (exit 4; the drain goes on). "
+                   f"Temporary refusals are retried until then (default {TEMPORARY_RETRY_S:g}s).")
+@click.option("--on-deadline", type=click.Choice(["wait", "escalate"]), default=None,
+              help="Past the deadline [default: the pool's on_drain_deadline, else wait].")
 @click.option("--force", is_flag=True, help="Drain even if a queue is left without a consumer.")
 @click.option("--url", default=DEFAULT_URL, show_default=True, help="The controller's API.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final drain document as JSON.")
-def drain(hostname: str, wait: bool, deadline_s: float | None, on_deadline: str, force: bool, url: str,
+def drain(hostname: str, wait: bool, deadline_s: float | None, on_deadline: str | None, force: bool, url: str,
           as_json: bool) -> None:
     """Stop HOSTNAME taking work, wait for its tasks to finish, retire it.
+
+    A refusal that is only temporary (the controller does not know the worker, its queues, or another
+    worker's queues yet) is retried once a second until --timeout, by default 30 s. Any other refusal
+    (e.g. the last consumer of a queue, a hostname collision, no remote control) exits 3 at once.
+    Without --timeout, --wait waits as long as the drain takes; a worker drained as a pool member gets
+    its pool's stop_timeout_s, retire_grace_s and drain deadline unless given here.
 
     The API token comes from DRAINCTL_API_TOKEN.
     """
     import os
 
     base = url.rstrip("/")
-    token = os.environ.get("DRAINCTL_API_TOKEN")
-    body = {"hostname": hostname, "force": force, "deadline_s": deadline_s, "on_deadline": on_deadline,
-            "requested_by": f"cli:{os.environ.get('USER', 'unknown')}"[:100]}
-    try:
-        document = _request(f"{base}/drain", body=body, token=token)["drain"]
-    except HttpError as exc:
-        click.echo(f"drainctl: {exc}", err=True)
-        sys.exit(3 if exc.status == 409 else 2 if exc.status in (400, 401, 403) else 1)
-    except ApiError as exc:
-        click.echo(f"drainctl: {exc}", err=True)
-        sys.exit(1)
+    started = time.monotonic()
+    body: dict[str, Any] = {"hostname": hostname, "force": force,
+                            "requested_by": f"cli:{os.environ.get('USER', 'unknown')}"[:100]}
+    if on_deadline is not None:  # unset: the pool's (the controller knows it)
+        body["on_deadline"] = on_deadline
+    limit = deadline_s if deadline_s is not None else TEMPORARY_RETRY_S
+    document = _start_drain(base, body, deadline_s, started, started + limit)
     if not as_json:
         click.echo(f"drain of {hostname} started: queues {', '.join(document['queues']) or '(none)'}")
-    last = ""
-    while wait and document["phase"] != "done":
-        line = _progress(document)
-        if line != last and not as_json:
-            click.echo(line)
-            last = line
-        try:
-            document = _request(f"{base}/drains/{urllib.parse.quote(hostname, safe='')}?wait=5",
-                                timeout=30)["drain"]
-        except ApiError as exc:
-            click.echo(f"drainctl: {exc}", err=True)
-            sys.exit(1)
+    if wait:
+        document = _wait_for_end(base, document, as_json, None if deadline_s is None else started + deadline_s)
     if as_json:
         click.echo(json.dumps(document, indent=2))
     elif document["phase"] == "done":
         click.echo(f"{hostname}: {document['outcome']} after {document['duration_s']:.1f}s — {document['detail']}")
     if document["phase"] != "done":
-        sys.exit(0 if not wait else 4)
+        if wait:
+            click.echo(f"drainctl: gave up waiting after {time.monotonic() - started:.1f}s (--timeout {deadline_s:g}):"
+                       f" the drain of {hostname} goes on ({document['phase']}); follow it with `drainctl status` "
+                       "or GET /drains/HOSTNAME", err=True)
+            sys.exit(4)
+        sys.exit(0)
     sys.exit(0 if document["outcome"] in SUCCESS_OUTCOMES else 1)
+
+
+def _start_drain(base: str, body: dict[str, Any], deadline_s: float | None, started: float,
+                 give_up_at: float) -> dict[str, Any]:
+    """POST /drain, asking again after a temporary refusal until `give_up_at` (then exit 4).
+
+    Any other refusal or error ends the command (3 refused, 2 bad input or token, 1 otherwise). A deadline
+    counts from the command's start: each attempt asks for what is left of it.
+    """
+    said, said_at = "", -RETRY_REPORT_EVERY_S
+    while True:
+        if deadline_s is not None:
+            body["deadline_s"] = round(max(deadline_s - (time.monotonic() - started), 0.001), 3)
+        try:
+            document: dict[str, Any] = _request(f"{base}/drain", body=body, token=_token())["drain"]
+            return document
+        except HttpError as exc:
+            if exc.status != 409 or exc.body.get("temporary") is not True:
+                click.echo(f"drainctl: {exc}", err=True)
+                sys.exit(3 if exc.status == 409 else 2 if exc.status in (400, 401, 403) else 1)
+            reason = str(exc.body.get("error"))
+        except ApiError as exc:
+            click.echo(f"drainctl: {exc}", err=True)
+            sys.exit(1)
+        now = time.monotonic()
+        left = give_up_at - now
+        if left <= 0:
+            why = "--timeout" if deadline_s is not None else f"without --timeout, {TEMPORARY_RETRY_S:g}s"
+            click.echo(f"drainctl: gave up after {now - started:.1f}s ({why}): still refused: {reason}", err=True)
+            sys.exit(4)
+        if reason != said or now - said_at >= RETRY_REPORT_EVERY_S:
+            click.echo(f"drainctl: refused for now: {reason} — retrying for up to {left:.1f}s", err=True)
+            said, said_at = reason, now
+        time.sleep(min(RETRY_PAUSE_S, left))  # the last attempt at the limit itself
+
+
+def _wait_for_end(base: str, document: dict[str, Any], as_json: bool, give_up_at: float | None) -> dict[str, Any]:
+    """Follow the drain (a progress line on stdout when it changes) until it is done or `give_up_at` passes."""
+    path = f"{base}/drains/{urllib.parse.quote(document['hostname'], safe='')}"
+    last = ""
+    while document["phase"] != "done":
+        line = _progress(document)
+        if line != last and not as_json:
+            click.echo(line)
+            last = line
+        wait_s = 5.0
+        if give_up_at is not None:
+            wait_s = min(wait_s, give_up_at - time.monotonic())
+            if wait_s <= 0:
+                break
+        try:
+            document = _request(f"{path}?wait={wait_s:.3f}", timeout=30)["drain"]
+        except ApiError as exc:
+            click.echo(f"drainctl: {exc}", err=True)
+            sys.exit(1)
+    return document
 
 
 def _token() -> str | None:

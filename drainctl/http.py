@@ -1,7 +1,11 @@
 """The controller's HTTP API, served with aiohttp (already required by aiodocker).
 
 Read-only: GET /metrics, /healthz, /status, /drains/{hostname}[?wait=S].
-Mutating (bearer token required, compared in constant time): POST /drain.
+Mutating (bearer token required, compared in constant time): POST /drain, /rollout, /rollback.
+
+POST /drain answers 202 with the drain, or 409 when refused: `{"error": reason, "overridable": bool,
+"temporary": bool}`. A temporary refusal (something the controller does not know yet) also carries
+`Retry-After`: the same request a little later is likely to be accepted.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drainctl.app import Controller
-from drainctl.core.drain import DrainPolicy, DrainRefused
+from drainctl.core.drain import DrainRefused
+from drainctl.core.policy import PolicyOverrides
 from drainctl.errors import DrainctlError
 from drainctl.metrics import registry_for
 from drainctl.status import build_status, drain_document
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_WAIT_S = 60.0
+# Retry-After of a temporary refusal: the controller's first questions to a new worker take under a second.
+RETRY_AFTER_S = 1
 
 
 class DrainBody(BaseModel):
@@ -30,8 +37,9 @@ class DrainBody(BaseModel):
 
     hostname: Annotated[str, Field(min_length=1, max_length=255)]
     force: bool = False
+    # Unset (None): the drain policy of the worker's pool applies (or the defaults, for a worker of no pool).
     deadline_s: Annotated[float, Field(gt=0)] | None = None
-    on_deadline: Literal["wait", "escalate"] = "wait"
+    on_deadline: Literal["wait", "escalate"] | None = None
     requested_by: Annotated[str, Field(max_length=100)] = "api"
 
 
@@ -50,6 +58,14 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return _json({"error": message, **extra}, status)
+
+
+def _refused(refused: DrainRefused) -> web.Response:
+    """409 for every refusal, as before `temporary` existed (older clients read 409 as "refused")."""
+    response = _error(409, refused.reason, overridable=refused.overridable, temporary=refused.temporary)
+    if refused.temporary:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 def build_app(controller: Controller, token: str | None) -> web.Application:
@@ -86,13 +102,13 @@ def build_app(controller: Controller, token: str | None) -> web.Application:
         except ValidationError as exc:
             problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
             return _error(400, "invalid request body", problems=problems)
-        policy = DrainPolicy(deadline_s=body.deadline_s, on_deadline=body.on_deadline)
+        policy = PolicyOverrides(deadline_s=body.deadline_s, on_deadline=body.on_deadline)
         try:
             drain = await controller.request_drain(
                 body.hostname, force=body.force, policy=policy, requested_by=body.requested_by
             )
         except DrainRefused as refused:
-            return _error(409, refused.reason, overridable=refused.overridable)
+            return _refused(refused)
         return _json({"drain": drain_document(controller, drain)}, 202)
 
     async def post_rollout(request: web.Request) -> web.Response:

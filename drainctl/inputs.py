@@ -15,6 +15,7 @@ import anyio
 from drainctl.core.commands import Command
 from drainctl.core.drain import Drain, DrainPolicy, DrainRefused
 from drainctl.core.events import Decoded
+from drainctl.core.policy import PolicyOverrides
 from drainctl.core.snapshot import WorkerSnapshot
 from drainctl.runtime.base import Exited, WorkerHandle
 
@@ -105,7 +106,8 @@ class Pending:
 class DrainRequested:
     hostname: str
     force: bool
-    policy: DrainPolicy
+    # A DrainPolicy is used as given; PolicyOverrides are laid over the policy of the worker's pool.
+    policy: DrainPolicy | PolicyOverrides
     requested_by: str
     pending: Pending
 

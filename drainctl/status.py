@@ -45,6 +45,10 @@ def drain_document(controller: Controller, drain: Drain) -> dict[str, Any]:
         "requested_by": drain.requested_by,
         "duration_s": round(drain.duration(now), 3),
         "deadline_s": drain.policy.deadline_s,
+        "on_deadline": drain.policy.on_deadline,
+        # For a pool member, its pool's: how long it gets to exit after `shutdown`, then to stop warm.
+        "retire_grace_s": drain.policy.retire_grace_s,
+        "stop_timeout_s": drain.policy.stop_timeout_s,
         "past_deadline": drain.past_deadline,
         "escalated": drain.escalated,
         "waiting_for": waiting_for,

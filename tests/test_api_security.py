@@ -73,7 +73,10 @@ async def test_mutating_calls_need_the_right_bearer_token(tmp_path: Path, path: 
         (b'{"hostname": "a@b", "shell": "rm -rf /"}', 400, "shell"),
         (b'{"hostname": "a@b", "deadline_s": -1}', 400, "deadline_s"),
         (b'{"hostname": "' + b"x" * 40_000 + b'"}', 413, ""),
+        (b'{"hostname": "a@b", "on_deadline": "never"}', 400, "on_deadline"),
         (b'{"hostname": "nobody@nowhere"}', 409, "unknown worker"),
+        # not seen yet: a refusal worth retrying, said so (still 409, as for older clients)
+        (b'{"hostname": "nobody@nowhere", "on_deadline": null}', 409, '"temporary": true'),
     ],
 )
 async def test_drain_bodies_are_limited_and_validated(tmp_path: Path, body: bytes, status: int, fragment: str) -> None:

@@ -28,8 +28,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, Literal
+from typing import Final
 
+from drainctl.core import refusals
 from drainctl.core.commands import (
     AddConsumers,
     CancelConsumers,
@@ -41,7 +42,9 @@ from drainctl.core.commands import (
     StopWorker,
 )
 from drainctl.core.model import Cluster, Notice, Task, Worker, WorkerState
-from drainctl.core.quiet import is_standby
+from drainctl.core.policy import DrainPolicy as DrainPolicy
+from drainctl.core.refusals import DrainRefused as DrainRefused
+from drainctl.core.refusals import not_answering_reason as not_answering_reason
 from drainctl.core.snapshot import TaskState
 
 DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
@@ -69,21 +72,6 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"  # the drain was called off; the worker consumes again
 
 
-OnDeadline = Literal["wait", "escalate"]
-
-
-@dataclass(frozen=True, slots=True)
-class DrainPolicy:
-    deadline_s: float | None = None
-    on_deadline: OnDeadline = "wait"
-    # After `shutdown`, how long a worker drainctl started may take to exit before the runtime stops it.
-    retire_grace_s: float = 15.0
-    # How long the runtime's stop waits for a warm shutdown before it kills.
-    stop_timeout_s: float = 600.0
-    # How long to wait for a control reply before asking again.
-    retry_s: float = 5.0
-
-
 @dataclass(frozen=True, slots=True)
 class ConsumerTimeout:
     """RabbitMQ's `consumer_timeout` as the operator configured it; warn once a delivery reaches `warn_at` of it."""
@@ -94,14 +82,6 @@ class ConsumerTimeout:
     @property
     def warn_after_s(self) -> float:
         return self.timeout_s * self.warn_at
-
-
-class DrainRefused(Exception):
-    def __init__(self, hostname: str, reason: str, *, overridable: bool) -> None:
-        super().__init__(reason)
-        self.hostname = hostname
-        self.reason = reason
-        self.overridable = overridable
 
 
 @dataclass(slots=True)
@@ -141,18 +121,6 @@ class Drain:
 
     def duration(self, now: float) -> float:
         return (self.finished_at if self.finished_at is not None else now) - self.started_at
-
-
-def not_answering_reason(worker: Worker) -> str:
-    """Why drainctl will not drain a worker that does not answer remote control, and what to do instead."""
-    return (
-        f"{worker.hostname!r} does not answer remote control: questions to it went unanswered, one after the "
-        "other, while its heartbeats kept arriving (is worker_enable_remote_control off, or its pidbox "
-        "consumer gone?). drainctl stops a worker consuming with cancel_consumer, so it cannot drain this one "
-        "safely. Stop it yourself with a warm shutdown (SIGTERM, docker stop): Celery then stops consuming, "
-        "finishes its running tasks, and its prefetched ones go back to the queue when it disconnects; start "
-        "its replacement with remote control enabled"
-    )
 
 
 def _held(worker: Worker | None) -> tuple[str, ...]:
@@ -214,54 +182,8 @@ class DrainBook:
 
     # ------------------------------------------------------------------ refusal rules
     def check(self, cluster: Cluster, hostname: str, *, force: bool) -> tuple[str, ...]:
-        """The queues to drain, or DrainRefused saying why not (and whether --force overrides it)."""
-        worker = cluster.worker(hostname)
-        if worker is None:
-            raise DrainRefused(hostname, f"unknown worker {hostname!r}: drainctl has not seen it "
-                               "(see `drainctl status` for the workers it knows)", overridable=False)
-        if worker.collision:
-            raise DrainRefused(
-                hostname,
-                f"{hostname!r} is used by two live processes ({worker.collision_reason}); a command sent to "
-                "that name can land on either, so drainctl will not drain it. Give every worker a unique -n",
-                overridable=False,
-            )
-        if worker.state is WorkerState.OFFLINE:
-            raise DrainRefused(hostname, f"{hostname!r} is already shutting down (worker-offline seen)",
-                               overridable=False)
-        if worker.not_answering:
-            raise DrainRefused(hostname, not_answering_reason(worker), overridable=False)
-        if worker.queues is None:
-            unanswered = len(worker.unanswered)
-            so_far = (f"; {unanswered} remote-control question(s) to it went unanswered so far (drainctl keeps "
-                      "asking and says so if it never answers)") if unanswered else ""
-            raise DrainRefused(hostname, f"the queues of {hostname!r} are not known yet (no active_queues reply"
-                               f"{so_far}); retry in a few seconds", overridable=False)
-        if worker.state is WorkerState.SILENT and not force:
-            raise DrainRefused(hostname, f"{hostname!r} is silent (no heartbeat); it may be dead or busy. "
-                               "Use --force to drain it anyway", overridable=True)
-        if not force:
-            # A standby queue is never routed to: nobody waits on it.
-            for queue in (q for q in worker.queues if not is_standby(q)):
-                if not self._other_consumers(cluster, hostname, queue):
-                    raise DrainRefused(
-                        hostname,
-                        f"queue {queue!r} would have no consumer: {hostname!r} is the only online worker "
-                        "consuming it that is not being drained. Start another worker on it first, or use "
-                        "--force to accept the gap",
-                        overridable=True,
-                    )
-        return worker.queues
-
-    def _other_consumers(self, cluster: Cluster, hostname: str, queue: str) -> list[str]:
-        return [
-            w.hostname for w in cluster
-            if w.hostname != hostname
-            and w.state is WorkerState.ONLINE
-            and not w.collision
-            and w.queues is not None and queue in w.queues
-            and w.hostname not in self.active
-        ]
+        """The queues to drain, or DrainRefused saying why not (see `drainctl.core.refusals`)."""
+        return refusals.check(cluster, hostname, self.active, force=force)
 
     # ------------------------------------------------------------------ inputs
     def start(

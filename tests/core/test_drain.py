@@ -38,51 +38,7 @@ def started(cluster: Cluster, book: DrainBook, host: str = A, **kw: Any) -> list
 
 # --- refusals -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(
-    ("setup", "host", "force", "fragment", "overridable"),
-    [
-        ("alone", A, False, "queue 'q' would have no consumer", True),
-        ("unknown", "nobody@h", False, "unknown worker", False),
-        ("no-queues", A, False, "queues of 'a@h' are not known", False),
-        ("collision", A, False, "used by two live processes", False),
-        ("collision", A, True, "used by two live processes", False),  # --force never overrides a collision
-        ("offline", A, False, "already shutting down", False),
-        ("other-silent", A, False, "would have no consumer", True),
-        ("other-draining", A, False, "would have no consumer", True),
-        ("silent", A, False, "is silent", True),
-    ],
-)
-def test_refusals(setup: str, host: str, force: bool, fragment: str, overridable: bool) -> None:
-    book = DrainBook()
-    if setup == "alone":
-        cluster = fleet((A, ("q",)))
-    elif setup == "unknown":
-        cluster = fleet((A, ("q",)), (B, ("q",)))
-    elif setup == "no-queues":
-        cluster = fleet((B, ("q",)))
-        feed(cluster, [worker_event("online", 1, host=A, pid=9)])
-    elif setup == "collision":
-        cluster = fleet((A, ("q",)), (B, ("q",)))
-        feed(cluster, [worker_event("heartbeat", 2, host=A, pid=77)])
-    elif setup == "offline":
-        cluster = fleet((A, ("q",)), (B, ("q",)))
-        feed(cluster, [worker_event("offline", 2, host=A, pid=1)])
-    elif setup == "other-silent":
-        cluster = fleet((A, ("q",)), (B, ("q",)))
-        feed(cluster, [worker_event("heartbeat", 2, host=A, pid=1)], now=100)
-        cluster.tick(100)  # B last heard at 0: silent
-    elif setup == "other-draining":
-        cluster = fleet((A, ("q",)), (B, ("q",)))
-        started(cluster, book, B)
-    else:  # silent
-        cluster = fleet((A, ("q",)), (B, ("q",)))
-        feed(cluster, [worker_event("heartbeat", 2, host=B, pid=2)], now=100)
-        cluster.tick(100)
-    with pytest.raises(DrainRefused) as info:
-        book.start(cluster, host, 0.0, policy=POLICY, managed=True, force=force)
-    assert fragment in info.value.reason
-    assert info.value.overridable is overridable
-
+# (the refusal table itself: tests/core/test_refusals.py)
 
 def test_force_overrides_the_last_consumer_refusal() -> None:
     cluster = fleet((A, ("q",)))
