@@ -158,8 +158,8 @@ class Run:
     idle_noticed: list[tuple[str, float]] = field(default_factory=list)  # trap: (old worker, poll saw it idle)
     forced: Counter[str] = field(default_factory=Counter)  # SIGKILLs after stop_timeout_s, by approach
     poll_timeouts: int = 0
+    marks: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic, what, hostname): rollout steps
     # drainctl only
-    marks: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic, what, hostname)
     overheads: list[tuple[float, float]] = field(default_factory=list)
     tails: list[float] = field(default_factory=list)
 
@@ -219,8 +219,10 @@ class PlainPool:
     session; a stop is SIGTERM to the main process (Celery's warm shutdown), by pid, and SIGKILL to its
     process group only after the pool's stop_timeout_s."""
 
-    def __init__(self, approach: str, pool: PoolSettings, logs: Path, app: Any) -> None:
+    def __init__(self, approach: str, pool: PoolSettings, logs: Path, app: Any, marks: list[tuple[float, str, str]]
+                 ) -> None:
         self.approach = approach
+        self.marks = marks  # (monotonic, what, hostname), for --timeline
         self.prefix = approach.replace("-", "")
         self.pool = pool
         self.logs = logs
@@ -236,6 +238,7 @@ class PlainPool:
                                  env={**os.environ, **self.pool.env}, stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
         worker = Plain(hostname, popen, log)
+        self.marks.append((time.monotonic(), "started", hostname))
         self.started.append(worker)
         self.serving.append(worker)
         return worker
@@ -249,12 +252,14 @@ class PlainPool:
                                    f"ping; see {self.logs}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{worker.hostname} did not answer ping within {READY_TIMEOUT_S:g} s")
+        self.marks.append((time.monotonic(), "ready", worker.hostname))
 
     def stop(self, worker: Plain) -> None:
         """SIGTERM (warm shutdown), wait until it has exited; SIGKILL its group after stop_timeout_s."""
         if worker in self.serving:
             self.serving.remove(worker)
         if worker.popen.poll() is None:
+            self.marks.append((time.monotonic(), "sigterm", worker.hostname))
             worker.popen.terminate()  # Popen signals only a pid it has not reaped: never another process
             try:
                 worker.popen.wait(self.pool.stop_timeout_s)
@@ -264,6 +269,7 @@ class PlainPool:
                       file=sys.stderr)
                 os.killpg(worker.popen.pid, signal.SIGKILL)
                 worker.popen.wait(30)
+            self.marks.append((time.monotonic(), "exited", worker.hostname))
         worker.log.close()
 
     def start_pool(self, replicas: int) -> None:
@@ -302,6 +308,7 @@ def trap_rollout(plain: PlainPool, version: str, steps: dict[str, list[float]], 
         began = time.monotonic()
         plain.wait_ready(plain.start(version))
         ready = time.monotonic()
+        plain.marks.append((time.monotonic(), "cancel", old.hostname))
         app.control.cancel_consumer(QUEUE, destination=[old.hostname], reply=True, timeout=2)
         cancelled = time.monotonic()
         polls = 0
@@ -315,6 +322,7 @@ def trap_rollout(plain: PlainPool, version: str, steps: dict[str, list[float]], 
                 break
             time.sleep(POLL_INTERVAL_S)
         idle = time.monotonic()
+        plain.marks.append((idle, "idle", old.hostname))
         run.idle_noticed.append((old.hostname, idle))
         plain.stop(old)
         steps.setdefault("start -> answers ping", []).append(ready - began)
@@ -394,7 +402,7 @@ async def run(args: argparse.Namespace) -> None:
                 continue
             if retire_previous is not None:
                 result.mark("handover")
-            plain = PlainPool(approach, pool, work / "logs", app)
+            plain = PlainPool(approach, pool, work / "logs", app, result.marks)
             plains.append(plain)
             await anyio.to_thread.run_sync(plain.start_pool, pool.replicas)
             if retire_previous is not None:
@@ -648,7 +656,8 @@ def churn_attribution(slow: list[float], rollout_windows: list[tuple[float, floa
     -> worker-online) or an old one was exiting (its last 0.1 s), against how much of the time that is."""
     by_host: dict[str, dict[str, float]] = {}
     for when, what, hostname in marks:
-        by_host.setdefault(hostname, {})[what] = when
+        if approach_of(hostname) == "drainctl":
+            by_host.setdefault(hostname, {})[what] = when
     churn = [(m["started"], m["online"]) for m in by_host.values() if "started" in m and "online" in m]
     churn += [(m["retired"] - 0.1, m["retired"]) for m in by_host.values() if "retired" in m]
     total = sum(hi - lo for lo, hi in rollout_windows)
