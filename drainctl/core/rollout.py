@@ -318,10 +318,12 @@ class Fleet:
                 commands.extend(self._stop(member, pool, now))
             else:
                 commands.extend(self._drain(member, pool, cluster, drains, now, active, blocked, force=True))
-        # 4b. Ready workers leave their standby queue.
+        # 4b. Ready workers leave their standby queue, and keep the pool's queues drainctl gave them.
         for member in members:
             if member.ready_at is not None and member.failed is None:
                 commands.extend(self._leave_standby(member, cluster, now))
+                if member.hostname not in draining and member.hostname not in self.cancelled:
+                    commands.extend(self._keep_consuming(member, pool, cluster, now))
         # 5. More ready target workers than the pool's size (replicas lowered): drain the newest.
         if len(ready_new) > pool.replicas:
             for member in sorted(ready_new, key=lambda m: m.started_at)[pool.replicas:]:
@@ -478,6 +480,19 @@ class Fleet:
             return []
         member.stop_asked_at = now
         return [StopWorker(member.hostname, pool.drain_policy.stop_timeout_s)]
+
+    @staticmethod
+    def _keep_consuming(member: Member, pool: PoolTarget, cluster: Cluster, now: float) -> list[Command]:
+        """A switched worker that lost pool queues (Celery < 5.7 forgets a queue its app defines that
+        add_consumer added when its consumer restarts, e.g. after a broker reconnect): add them again."""
+        worker = cluster.worker(member.hostname)
+        if (member.switch_asked_at is None or worker is None or worker.state is not WorkerState.ONLINE
+                or worker.queues is None or set(pool.queues) <= set(worker.queues)):
+            return []
+        if now - member.switch_asked_at < SWITCH_RETRY_S:
+            return []
+        member.switch_asked_at = now
+        return [SwitchToPool(member.hostname, pool.queues)]
 
     @staticmethod
     def _leave_standby(member: Member, cluster: Cluster, now: float) -> list[Command]:

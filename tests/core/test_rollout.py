@@ -538,3 +538,25 @@ def test_a_member_shows_its_phase(quiet: bool) -> None:
     assert member.status == "failed"
     member.failed, member.ready_at, member.switch_asked_at = None, None, 1.0
     assert member.status == "switching"
+
+
+def test_a_switched_worker_that_lost_its_pool_queue_is_given_it_again() -> None:
+    world = started_world(replicas=1)
+    (member,) = world.fleet.of_pool("p")
+    world.cluster.set_queues(member.hostname, ())  # a consumer restart of Celery < 5.7 forgot it
+    member.switch_asked_at = world.now
+    before = len(world.log)
+    world.step(0.5)  # asked again only after SWITCH_RETRY_S
+    assert not any(isinstance(c, SwitchToPool) for c in world.log[before:])
+    for _ in range(4):
+        world.step()
+    worker = world.cluster.worker(member.hostname)
+    assert worker is not None and worker.queues == ("q",)
+    # a worker drainctl did not switch (found serving after a restart) is left as its operator set it
+    world.fleet = Fleet(new_id=lambda: "x")
+    world.fleet.adopt(member.hostname, "p", "v1", world.now)
+    world.fleet.members[member.hostname].ready_at = world.now
+    world.cluster.set_queues(member.hostname, ())
+    for _ in range(4):
+        world.step()
+    assert worker.queues == ()
