@@ -352,12 +352,30 @@ def entry_differences(replies: dict[str, list[dict[str, Any]]], a: str, b: str, 
 # --------------------------------------------------------------------------- test
 
 
+# Where add_consumer is known not to do what -Q does (README, "Quiet start"). Strict: a fix upstream shows here.
+KNOWN_GAPS = {
+    ("missing-quorum-topic-exchange", "celery-5.7"):
+        "Celery binds quorum queues on a non-direct exchange for native delayed delivery only at worker start: "
+        "a queue add_consumer adds lacks those bindings (countdown/ETA tasks to it are not delivered); such "
+        "pools need quiet_start = false",
+    ("task-queues", "celery-5.4"):
+        "Celery < 5.7 does not select an app-defined queue that add_consumer adds, so a consumer restart (broker "
+        "reconnect) drops it (celery#7733); drainctl adds it again when the worker comes back online",
+    ("default-queue", "celery-5.4"):
+        "Celery < 5.7 does not select an app-defined queue that add_consumer adds, so a consumer restart (broker "
+        "reconnect) drops it (celery#7733); drainctl adds it again when the worker comes back online",
+}
+
+
 @pytest.mark.parametrize("celery", list(CELERY_PYTHONS))
 @pytest.mark.parametrize("case_id", list(CASES))
 def test_add_consumer_declares_and_consumes_pool_queues_as_dash_q_does(
     case_id: str, celery: str, celery_worker: WorkerFactory, case_app: Callable[[Mapping[str, str]], Celery],
-    rabbit_vhost: str,
+    rabbit_vhost: str, request: pytest.FixtureRequest,
 ) -> None:
+    gap = KNOWN_GAPS.get((case_id, celery))
+    if gap is not None:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=gap))
     python = CELERY_PYTHONS[celery]
     case = CASES[case_id]
     version = celery_version(python)
