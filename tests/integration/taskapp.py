@@ -20,13 +20,26 @@ fixture. It is configured from the environment so each worker can be started dif
     Comma-separated task names left unregistered: a "new version" that lacks them.
 ``TASKAPP_EXIT_WHEN_READY``
     ``"1"``: the worker exits (code 3) as soon as it is ready, after its worker-online.
+``TASKAPP_DEFAULT_QUEUE``
+    ``task_default_queue`` (default ``"default"``).
+``TASKAPP_MAX_PRIORITY``
+    If set, ``task_queue_max_priority`` (an int).
+``TASKAPP_MISSING_QUEUE_TYPE`` / ``TASKAPP_MISSING_EXCHANGE_TYPE``
+    If set, ``task_create_missing_queue_type`` (``classic``/``quorum``) and
+    ``task_create_missing_queue_exchange_type`` (Celery >= 5.5; older versions ignore them).
+``TASKAPP_TASK_QUEUES``
+    If set, ``task_queues`` from a JSON list of
+    ``{"name", "exchange", "exchange_type", "routing_key", "queue_arguments"}`` (all but ``name``
+    optional: exchange named after the queue, ``direct``, routing key the queue's name, no arguments).
+    These knobs are read by :func:`queue_settings`, which a test can call with the same
+    environment to route its own messages as the workers do.
 ``TASKAPP_RECORD_DIR``
     If set, :func:`sleep`, :func:`broken` and :func:`flaky` append JSON lines describing their
     executions to ``<dir>/<worker pid>.jsonl`` (one file per pool process); read them with
     :func:`tests.helpers.read_records`. Each execution is identified by ``(uuid, retries)``;
     ``redelivered`` says whether the broker had delivered its message before.
 
-Tasks are sent to the queue ``default`` unless a queue is given explicitly.
+Tasks are sent to the queue ``default`` (``TASKAPP_DEFAULT_QUEUE``) unless a queue is given explicitly.
 """
 
 from __future__ import annotations
@@ -34,11 +47,36 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, signals
+from kombu import Exchange, Queue
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def queue_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The queue settings the ``TASKAPP_*`` queue knobs of ``environ`` ask for (see the module doc)."""
+    settings: dict[str, Any] = {"task_default_queue": environ.get("TASKAPP_DEFAULT_QUEUE", "default")}
+    if environ.get("TASKAPP_MAX_PRIORITY"):
+        settings["task_queue_max_priority"] = int(environ["TASKAPP_MAX_PRIORITY"])
+    if environ.get("TASKAPP_MISSING_QUEUE_TYPE"):
+        settings["task_create_missing_queue_type"] = environ["TASKAPP_MISSING_QUEUE_TYPE"]
+    if environ.get("TASKAPP_MISSING_EXCHANGE_TYPE"):
+        settings["task_create_missing_queue_exchange_type"] = environ["TASKAPP_MISSING_EXCHANGE_TYPE"]
+    if environ.get("TASKAPP_TASK_QUEUES"):
+        settings["task_queues"] = [
+            Queue(
+                spec["name"],
+                Exchange(spec.get("exchange", spec["name"]), spec.get("exchange_type", "direct")),
+                routing_key=spec.get("routing_key", spec["name"]),
+                queue_arguments=spec.get("queue_arguments"),
+            )
+            for spec in json.loads(environ["TASKAPP_TASK_QUEUES"])
+        ]
+    return settings
+
 
 app = Celery("taskapp")
 app.conf.update(
@@ -48,11 +86,11 @@ app.conf.update(
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
-    task_default_queue="default",
     worker_prefetch_multiplier=int(os.environ.get("TASKAPP_PREFETCH", "1")),
     task_acks_late=os.environ.get("TASKAPP_ACKS_LATE", "0") == "1",
     worker_hijack_root_logger=False,
     worker_enable_remote_control=os.environ.get("TASKAPP_REMOTE_CONTROL", "1") != "0",
+    **queue_settings(os.environ),
 )
 
 
