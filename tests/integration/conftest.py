@@ -83,14 +83,11 @@ def rabbitmqctl(*args: str) -> str:
     return proc.stdout
 
 
-@pytest.fixture(scope="session")
-def rabbit_vhost() -> Iterator[str]:
-    """A fresh RabbitMQ vhost ``drainctl-test-<8 hex>`` with full permissions for ``guest``.
-
-    Shared by the whole session (tests that need isolation should use their own queue
-    names); deleted, with all its queues and exchanges, at session end.
-    """
-    vhost = f"drainctl-test-{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def fresh_vhost(prefix: str = "drainctl-test") -> Iterator[str]:
+    """A new vhost ``<prefix>-<8 hex>`` with full permissions for ``guest``; deleted, with all its queues
+    and exchanges, on exit."""
+    vhost = f"{prefix}-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", vhost)
     try:
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
@@ -99,10 +96,27 @@ def rabbit_vhost() -> Iterator[str]:
         rabbitmqctl("delete_vhost", vhost)
 
 
+def vhost_url(vhost: str) -> str:
+    """AMQP URL of ``vhost`` on 127.0.0.1:5672 as guest."""
+    return f"amqp://guest:guest@127.0.0.1:5672/{urllib.parse.quote(vhost, safe='')}"
+
+
+@pytest.fixture(scope="session")
+def rabbit_vhost() -> Iterator[str]:
+    """A fresh RabbitMQ vhost ``drainctl-test-<8 hex>`` with full permissions for ``guest``.
+
+    Shared by the whole session (tests that need isolation should use their own queue
+    names, and a test that closes connections its own vhost: see ``fresh_vhost``); deleted,
+    with all its queues and exchanges, at session end.
+    """
+    with fresh_vhost() as vhost:
+        yield vhost
+
+
 @pytest.fixture(scope="session")
 def broker_url(rabbit_vhost: str) -> str:
     """AMQP URL of ``rabbit_vhost`` on 127.0.0.1:5672 as guest."""
-    return f"amqp://guest:guest@127.0.0.1:5672/{urllib.parse.quote(rabbit_vhost, safe='')}"
+    return vhost_url(rabbit_vhost)
 
 
 # --------------------------------------------------------------------------- Celery app

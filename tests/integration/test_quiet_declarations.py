@@ -44,7 +44,7 @@ from celery.utils.nodenames import default_nodename, host_format
 
 from drainctl.core.quiet import add_consumer_arguments, standby_declaration, standby_queue
 from tests.helpers import read_records, wait_until
-from tests.integration.conftest import REPO_ROOT, WorkerFactory
+from tests.integration.conftest import REPO_ROOT, WorkerFactory, fresh_vhost, vhost_url
 from tests.integration.taskapp import queue_settings
 
 #: Interpreter of each Celery version under test.
@@ -166,6 +166,32 @@ def fill(value: Any, tag: str) -> Any:
     if isinstance(value, Mapping):
         return {fill(k, tag): fill(v, tag) for k, v in value.items()}
     return value
+
+
+@pytest.fixture(scope="module")
+def rabbit_vhost() -> Iterator[str]:
+    """A vhost of this module's own: the reconnection check closes every connection to it, which must
+    not reach the controllers and workers of tests running beside it."""
+    with fresh_vhost("drainctl-decl") as vhost:
+        yield vhost
+
+
+@pytest.fixture(scope="module")
+def broker_url(rabbit_vhost: str) -> str:
+    return vhost_url(rabbit_vhost)
+
+
+def drop_pools(vhost: str) -> None:
+    """Close and forget kombu's process-wide pools of connections to ``vhost`` (the broker closed them).
+
+    Only those: ``kombu.pools.reset()`` would also close the pools that the apps of other tests in this
+    process hold on to, and their next publish would fail with "Acquire on closed pool"."""
+    for group in (kombu.pools.producers, kombu.pools.connections):
+        for key, pool in list(group.items()):
+            connections = getattr(pool, "connections", pool)
+            if getattr(getattr(connections, "connection", None), "virtual_host", None) == vhost:
+                pool.force_close_all()
+                dict.pop(group, key)
 
 
 @pytest.fixture
@@ -437,7 +463,7 @@ def test_add_consumer_declares_and_consumes_pool_queues_as_dash_q_does(
     close_connections(rabbit_vhost)
     wait_until(lambda: all(w.log().count("Connected to amqp") >= 2 for w in (a, b)), DEADLINE,
                "both workers to reconnect")
-    kombu.pools.reset()  # the test's own connections were closed too: drop them
+    drop_pools(rabbit_vhost)  # the test's own connections were closed too
     app = case_app(env)
     replies = wait_until(lambda: answers(app, a.hostname, b.hostname), DEADLINE, "both workers to answer again")
     problems += [f"after reconnecting: {p}" for p in entry_differences(replies, a.hostname, b.hostname, queues, sent)]

@@ -276,7 +276,9 @@ async def test_a_new_version_without_remote_control_aborts_the_rollout_and_is_le
     harness = PoolHarness(tmp_path, broker_url)
 
     def write(version: str, extra_env: str = "") -> None:
-        harness.write(version, extra_env=extra_env)
+        # Started consuming (quiet start off): a worker that may hold pool messages is never just stopped.
+        # (Started quiet, it holds none and is stopped: test_rollout's backlog test.)
+        harness.write(version, extra_env=extra_env, extra_pool="quiet_start = false\n")
         text = harness.path.read_text().replace("replicas = 3", "replicas = 1")
         harness.path.write_text(text.replace("[controller]\n", "[controller]\nno_remote_control_after_s = 4.0\n"))
 
