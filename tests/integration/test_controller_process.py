@@ -102,7 +102,8 @@ def settled(controller: ControllerProcess, version: str) -> Callable[[], bool]:
 
 
 def _starting(controller: ControllerProcess) -> bool:
-    return any(w["version"] == "v2" and w["status"] == "starting" for w in controller.pool()["workers"])
+    # On its way, not judged yet: "standby" when started quiet (the default), "starting" otherwise.
+    return any(w["version"] == "v2" and w["status"] in ("starting", "standby") for w in controller.pool()["workers"])
 
 
 def _in_drain_phase(*phases: str) -> Callable[[ControllerProcess], bool]:
