@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
+
 from drainctl.core.commands import AddConsumers, CancelConsumers, QueryRegistered, Reconcile, StartWorker
 from drainctl.core.drain import DURATION_BUCKETS, DrainBook, DrainPolicy, Outcome, Phase
 from drainctl.core.events import parse_event
@@ -192,24 +194,8 @@ def test_old_worker_unknown_to_the_model_is_not_drained_yet_and_refusals_wait() 
     assert any(n.kind == "rollout-blocked" for n in notices)  # q would have no other consumer
 
 
-def test_a_reverted_drain_of_a_never_ready_member_counts_it_ready() -> None:
-    f = fleet()
-    cluster = Cluster()
-    target = pool(replicas=1, cap=2)
-    (host,) = ready_pool(f, cluster, target)
-    book = DrainBook()
-    feed(cluster, [worker_event("online", 1, host="x@h", pid=50)])
-    cluster.set_queues("x@h", ("q",))
-    book.start(cluster, host, 10, policy=DrainPolicy(), managed=True, requested_by="rollout:r")
-    f.cancelled[host] = "r"  # the rollout's own record of the drain
-    cluster.set_queues(host, ())  # cancelled
-    f.members[host].ready_at = None
-    commands, _ = f.plan({"p": target}, cluster, book, 11)
-    assert AddConsumers(host, ("q",)) in commands
-    assert f.members[host].ready_at == 11
-
-
-def test_a_reverted_drain_of_a_silent_never_ready_member_counts_it_ready() -> None:
+@pytest.mark.parametrize("silent", [False, True])
+def test_a_reverted_drain_of_a_never_ready_member_counts_it_ready(silent: bool) -> None:
     f = fleet()
     cluster = Cluster(silent_after_s=5)
     target = pool(replicas=1, cap=2)
@@ -218,13 +204,16 @@ def test_a_reverted_drain_of_a_silent_never_ready_member_counts_it_ready() -> No
     feed(cluster, [worker_event("online", 1, host="x@h", pid=50)])
     cluster.set_queues("x@h", ("q",))
     book.start(cluster, host, 10, policy=DrainPolicy(), managed=True, requested_by="rollout:r")
-    f.cancelled[host] = "r"
-    cluster.set_queues(host, ())
-    cluster.tick(100)  # no heartbeat since: silent, so the readiness check does not count it ready
+    f.cancelled[host] = "r"  # the rollout's own record of the drain
+    cluster.set_queues(host, ())  # cancelled
+    now = 11.0
+    if silent:
+        now = 100.0
+        cluster.tick(now)  # no heartbeat since: silent, so the readiness check does not count it ready
     f.members[host].ready_at = None
-    commands, _ = f.plan({"p": target}, cluster, book, 100)
+    commands, _ = f.plan({"p": target}, cluster, book, now)
     assert AddConsumers(host, ("q",)) in commands
-    assert f.members[host].ready_at == 100
+    assert f.members[host].ready_at == now
 
 
 def test_resume_of_a_worker_the_model_does_not_know_and_rollout_lookup() -> None:
