@@ -348,7 +348,7 @@ class Controller:
                 self.stats.connected = True
                 self.stats.connects += 1
                 log.info("broker connected", broker=redact_url(self.broker_url), first=first)
-                await self._send.send(BrokerUp(first))
+                await self._send.send(BrokerUp())
                 await closed.wait()
                 tg.cancel_scope.cancel()
             raise BrokerUnavailableError("the broker closed the connection")

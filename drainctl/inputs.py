@@ -33,7 +33,7 @@ class DroppedIn:
 
 @dataclass(frozen=True, slots=True)
 class BrokerUp:
-    first: bool
+    """Connected (again). Until the start-up broadcast is merged, every connection asks everyone."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -402,10 +402,7 @@ class Fleet:
     ) -> list[Command]:
         """A worker on its standby queue: once it passed the gate, add the pool's queues (again, if unconfirmed)."""
         if member.switch_asked_at is not None:
-            if now - member.switch_asked_at < SWITCH_RETRY_S:
-                return []
-            member.switch_asked_at = now
-            return [SwitchToPool(member.hostname, pool.queues)]
+            return self._switch_again(member, pool, now)
         passed, commands = self._gate(member, pool, cluster, now, notices)
         if passed:
             member.switch_asked_at = now
@@ -435,7 +432,7 @@ class Fleet:
 
     @staticmethod
     def _ask_registered(member: Member, now: float) -> list[Command]:
-        if member.registered_asked_at is not None and now - member.registered_asked_at < REGISTERED_RETRY_S:
+        if not _due(member.registered_asked_at, now, REGISTERED_RETRY_S):
             return []
         member.registered_asked_at = now
         return [QueryRegistered(member.hostname)]
@@ -476,7 +473,7 @@ class Fleet:
 
     @staticmethod
     def _stop(member: Member, pool: PoolTarget, now: float) -> list[Command]:
-        if member.stop_asked_at is not None and now - member.stop_asked_at < STOP_RETRY_S:
+        if not _due(member.stop_asked_at, now, STOP_RETRY_S):
             return []
         member.stop_asked_at = now
         return [StopWorker(member.hostname, pool.drain_policy.stop_timeout_s)]
@@ -489,7 +486,12 @@ class Fleet:
         if (member.switch_asked_at is None or worker is None or worker.state is not WorkerState.ONLINE
                 or worker.queues is None or set(pool.queues) <= set(worker.queues)):
             return []
-        if now - member.switch_asked_at < SWITCH_RETRY_S:
+        return Fleet._switch_again(member, pool, now)
+
+    @staticmethod
+    def _switch_again(member: Member, pool: PoolTarget, now: float) -> list[Command]:
+        """add_consumer again (Celery ignores a queue it already consumes), at most every SWITCH_RETRY_S."""
+        if not _due(member.switch_asked_at, now, SWITCH_RETRY_S):
             return []
         member.switch_asked_at = now
         return [SwitchToPool(member.hostname, pool.queues)]
@@ -499,7 +501,7 @@ class Fleet:
         worker = cluster.worker(member.hostname)
         if worker is None or worker.state is not WorkerState.ONLINE or not on_standby(worker.queues):
             return []
-        if member.standby_cancel_asked_at is not None and now - member.standby_cancel_asked_at < SWITCH_RETRY_S:
+        if not _due(member.standby_cancel_asked_at, now, SWITCH_RETRY_S):
             return []
         member.standby_cancel_asked_at = now
         return [CancelStandby(member.hostname)]
@@ -563,3 +565,8 @@ class Fleet:
 
     def _hostname(self, pool: PoolTarget, version: str) -> str:
         return f"{pool.name}-{version}-{self.new_id()}@{pool.host}"
+
+
+def _due(asked_at: float | None, now: float, interval: float) -> bool:
+    """Never asked, or asked at least `interval` ago: time to ask (again)."""
+    return asked_at is None or now - asked_at >= interval
