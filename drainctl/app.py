@@ -47,7 +47,12 @@ from drainctl.core.drain import CONFIRM_REASON, ConsumerTimeout, Drain, DrainBoo
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Decoded
 from drainctl.core.model import Cluster, Notice
 from drainctl.core.policy import PolicyOverrides
-from drainctl.core.quiet import add_consumer_arguments, standby_declaration, standby_queue
+from drainctl.core.quiet import (
+    add_consumer_arguments,
+    delayed_delivery_gaps,
+    standby_declaration,
+    standby_queue,
+)
 from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.core.snapshot import build_snapshot, parse_queues
 from drainctl.errors import BrokerUnavailableError, DrainctlError
@@ -852,12 +857,17 @@ class Controller:
                        if not (isinstance(r.replies.get(hostname), dict) and "ok" in r.replies[hostname])}
             if refused:
                 log.warning("add_consumer not confirmed", worker=hostname, replies=refused)
-            queues = await self._confirm_queues(control, hostname, lambda qs: set(command.queues) <= set(qs))
+            queues, reply = await self._confirm_queues(control, hostname, lambda qs: set(command.queues) <= set(qs))
         except DrainctlError as exc:
             await self._send.send(CommandFailed(command, str(exc)))
             return
         log.info("worker switched to the pool's queues" if queues is not None and set(command.queues) <= set(queues)
                  else "switch to the pool's queues not confirmed yet", worker=hostname, queues=queues)
+        gaps = delayed_delivery_gaps(reply, command.queues)
+        if gaps:
+            log.warning("quorum queues on a non-direct exchange taken by add_consumer: Celery binds them for native "
+                        "delayed delivery only at worker start, so countdown/ETA tasks sent to them may never be "
+                        "delivered; give this pool quiet_start = false", worker=hostname, queues=gaps)
         await self._send.send(QueuesRepliedIn(hostname, queues, asked_at))
 
     async def _cancel_standby(self, command: CancelStandby, control: broker.ControlClient) -> None:
@@ -867,7 +877,7 @@ class Controller:
         try:
             await control.call("cancel_consumer", {"queue": standby}, [hostname],
                                timeout_s=self.settings.broker.reply_timeout_s)
-            queues = await self._confirm_queues(control, hostname, lambda qs: standby not in qs)
+            queues, _ = await self._confirm_queues(control, hostname, lambda qs: standby not in qs)
         except DrainctlError as exc:
             await self._send.send(CommandFailed(command, str(exc)))
             return
@@ -878,17 +888,19 @@ class Controller:
 
     async def _confirm_queues(
         self, control: broker.ControlClient, hostname: str, done: Callable[[tuple[str, ...]], bool]
-    ) -> tuple[str, ...] | None:
+    ) -> tuple[tuple[str, ...] | None, Any]:
         """`active_queues` until `done` holds (a few round trips, within about 1.5 s): Celery applies
-        add_consumer and cancel_consumer after it has replied to them."""
+        add_consumer and cancel_consumer after it has replied to them. The queue names and the last reply."""
         queues: tuple[str, ...] | None = None
+        reply: Any = None
         for delay in CONFIRM_DELAYS_S:
             await anyio.sleep(delay)
             result = await control.call("active_queues", {}, [hostname], timeout_s=self.settings.broker.reply_timeout_s)
-            queues = parse_queues(result.replies.get(hostname), [])
+            reply = result.replies.get(hostname)
+            queues = parse_queues(reply, [])
             if queues is not None and done(queues):
                 break
-        return queues
+        return queues, reply
 
     async def _delete_standby(self, hostname: str, connection: AbstractConnection) -> None:
         try:

@@ -11,6 +11,10 @@ created on the fly, and there the two paths differ: `-Q` applies `task_create_mi
 classic queue on a direct exchange. The standby queue was itself created on the fly by `-Q`, so its
 declaration (as `active_queues` reports it) is exactly what `-Q` would have made of any undefined
 name: `add_consumer_arguments` passes the same exchange type and queue arguments for each pool queue.
+
+One thing `add_consumer` cannot do: Celery >= 5.5 binds a quorum queue on a non-direct exchange for
+native delayed delivery (countdown/ETA) only when the worker starts. `delayed_delivery_gaps` names
+such queues, so that the shell can say so; those pools need `quiet_start = false`.
 """
 
 from __future__ import annotations
@@ -60,3 +64,21 @@ def standby_declaration(replies: Any, hostname: str) -> Mapping[str, Any] | None
         if isinstance(entry, Mapping) and entry.get("name") == name:
             return entry
     return None
+
+
+def delayed_delivery_gaps(replies: Any, queues: tuple[str, ...]) -> list[str]:
+    """The queues among `queues` that an `active_queues` reply shows as quorum queues on a non-direct
+    exchange: Celery binds those for native delayed delivery at worker start only, never on add_consumer."""
+    if not isinstance(replies, list):
+        return []
+    gaps = []
+    for entry in replies:
+        if not isinstance(entry, Mapping) or entry.get("name") not in queues:
+            continue
+        arguments = entry.get("queue_arguments")
+        exchange = entry.get("exchange")
+        quorum = isinstance(arguments, Mapping) and arguments.get("x-queue-type") == "quorum"
+        kind = exchange.get("type") if isinstance(exchange, Mapping) else None
+        if quorum and kind not in (None, "", "direct"):
+            gaps.append(str(entry["name"]))
+    return sorted(gaps)

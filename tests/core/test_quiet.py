@@ -9,6 +9,7 @@ import pytest
 from drainctl.core.quiet import (
     STANDBY_PREFIX,
     add_consumer_arguments,
+    delayed_delivery_gaps,
     is_standby,
     on_standby,
     standby_declaration,
@@ -163,3 +164,30 @@ def test_standby_declaration(reply: Any, expected: dict[str, Any] | None) -> Non
 def test_standby_declaration_returns_the_first_matching_entry_itself() -> None:
     first, second = entry(exchange_type="topic"), entry(exchange_type="fanout")
     assert standby_declaration([entry("reports"), first, second], HOST) is first
+
+
+QUORUM = {"x-queue-type": "quorum"}
+
+
+@pytest.mark.parametrize(
+    ("replies", "gaps"),
+    [
+        (None, []),
+        ({"q": 1}, []),
+        ([], []),
+        (["q"], []),
+        ([{"name": "q", "queue_arguments": QUORUM, "exchange": {"type": "topic"}}], ["q"]),
+        ([{"name": "q", "queue_arguments": QUORUM, "exchange": {"type": "fanout"}},
+          {"name": "p", "queue_arguments": QUORUM, "exchange": {"type": "headers"}}], ["p", "q"]),
+        ([{"name": "q", "queue_arguments": QUORUM, "exchange": {"type": "direct"}}], []),
+        ([{"name": "q", "queue_arguments": QUORUM, "exchange": {"type": ""}}], []),
+        ([{"name": "q", "queue_arguments": QUORUM, "exchange": "q"}], []),
+        ([{"name": "q", "queue_arguments": {"x-max-priority": 10}, "exchange": {"type": "topic"}}], []),
+        ([{"name": "q", "queue_arguments": None, "exchange": {"type": "topic"}}], []),
+        ([{"name": "other", "queue_arguments": QUORUM, "exchange": {"type": "topic"}}], []),
+    ],
+)
+def test_delayed_delivery_gaps_are_quorum_pool_queues_on_non_direct_exchanges(
+    replies: Any, gaps: list[str]
+) -> None:
+    assert delayed_delivery_gaps(replies, ("q", "p")) == gaps
