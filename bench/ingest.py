@@ -288,6 +288,7 @@ async def consume_existing(url: str, queue: str, n: int, timeout_s: float) -> di
 
     from drainctl import broker, logs
     from drainctl.app import Controller
+    from drainctl.inputs import EventsIn
 
     logs.configure("json", "info")
     settings = bench_settings(DEFAULT_MAX_LENGTH)
@@ -304,13 +305,12 @@ async def consume_existing(url: str, queue: str, n: int, timeout_s: float) -> di
     try:
         channel = await connection.channel()
         async with anyio.create_task_group() as tg:
-            # Controller.run() is not started (it would connect and declare); only its reducer runs.
-            # The reducer's _execute() asserts a task group even when, as here, it has nothing to start
-            # (control is None, so discovery's Reconcile/EnableEvents are skipped): give it ours.
-            controller._tg = tg
-            tg.start_soon(controller._reduce)
-            # The same handler the controller passes to consume_events: EventsIn into the inbox.
-            await tg.start(broker.consume_events, channel, spec, controller._on_batch)
+            # Controller.run() is not started (it would connect and declare): each batch goes straight
+            # through the controller's reducer, as the controller's inbox would hand it over.
+            async def on_batch(batch: broker.EventBatch, nbytes: int) -> None:
+                controller.apply(EventsIn(batch, nbytes))
+
+            await tg.start(broker.consume_events, channel, spec, on_batch)
             await controller.wait_for(lambda: stats.events > 0, timeout_s)
             meter.first()
             await controller.wait_for(lambda: stats.events >= n, timeout_s)

@@ -1,35 +1,43 @@
 """The controller's HTTP API, served with aiohttp (already required by aiodocker).
 
-Read-only: GET /metrics, /healthz, /status, /drains/{hostname}[?wait=S].
-Mutating (bearer token required, compared in constant time): POST /drain, /rollout, /rollback.
+Read-only: GET /metrics, /healthz, /status, /drains/{hostname}[?wait=S] (S at most 60: the drain's
+state once it ended, or after S seconds).
+Mutating (bearer token required, compared in constant time; 403 while no token is set, 401 for a wrong
+one): POST /drain, /rollout (reload the config file and roll out), /rollback (pin a pool to an earlier
+version). A body that does not validate gets 400 with one problem per field.
 
 POST /drain answers 202 with the drain, or 409 when refused: `{"error": reason, "overridable": bool,
 "temporary": bool}`. A temporary refusal (something the controller does not know yet) also carries
-`Retry-After`: the same request a little later is likely to be accepted.
+`Retry-After`: the same request a little later is likely to be accepted. POST /rollout and /rollback
+answer 202 with what changed, or 409 with the reason nothing did.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from drainctl.app import Controller
 from drainctl.core.drain import DrainRefused
 from drainctl.core.policy import PolicyOverrides
 from drainctl.errors import DrainctlError
 from drainctl.metrics import registry_for
+from drainctl.readmodel import ControllerApi
 from drainctl.status import build_status, drain_document
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_WAIT_S = 60.0
 # Retry-After of a temporary refusal: the controller's first questions to a new worker take under a second.
 RETRY_AFTER_S = 1
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+B = TypeVar("B", bound=BaseModel)
 
 
 class DrainBody(BaseModel):
@@ -68,100 +76,107 @@ def _refused(refused: DrainRefused) -> web.Response:
     return response
 
 
-def build_app(controller: Controller, token: str | None) -> web.Application:
-    registry = registry_for(controller)
+class _Handlers:
+    """The endpoints. Mutating ones check the bearer token first, then validate the body."""
 
-    def authorized(request: web.Request) -> web.Response | None:
-        if token is None:
+    def __init__(self, controller: ControllerApi, token: str | None) -> None:
+        self.controller = controller
+        self.token = token
+        self.registry = registry_for(controller)
+
+    def _denied(self, request: web.Request) -> web.Response | None:
+        if self.token is None:
             return _error(403, "mutating calls are disabled: set DRAINCTL_API_TOKEN (or [http] token / token_file) "
                                "on the controller")
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.token.encode()):
             return _error(401, "missing or wrong bearer token (Authorization: Bearer <DRAINCTL_API_TOKEN>)")
         return None
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def healthz(_: web.Request) -> web.Response:
-        ok = controller.stats.connected
-        return _json({"ok": ok, "broker_connected": controller.stats.connected,
-                      "synced": controller.synced.is_set()}, 200 if ok else 503)
+    async def healthz(self, _: web.Request) -> web.Response:
+        ok = self.controller.stats.connected
+        return _json({"ok": ok, "broker_connected": ok, "synced": self.controller.is_synced()}, 200 if ok else 503)
 
-    async def status(_: web.Request) -> web.Response:
-        return _json(build_status(controller))
+    async def status(self, _: web.Request) -> web.Response:
+        return _json(build_status(self.controller))
 
-    async def post_drain(request: web.Request) -> web.Response:
-        denied = authorized(request)
-        if denied is not None:
-            return denied
-        raw = await request.read()
-        try:
-            body = DrainBody.model_validate_json(raw)
-        except ValidationError as exc:
-            problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
-            return _error(400, "invalid request body", problems=problems)
+    async def post_drain(self, request: web.Request) -> web.Response:
+        body = await _body(request, DrainBody)
+        if not isinstance(body, DrainBody):
+            return body
         policy = PolicyOverrides(deadline_s=body.deadline_s, on_deadline=body.on_deadline)
         try:
-            drain = await controller.request_drain(
+            drain = await self.controller.request_drain(
                 body.hostname, force=body.force, policy=policy, requested_by=body.requested_by
             )
         except DrainRefused as refused:
             return _refused(refused)
-        return _json({"drain": drain_document(controller, drain)}, 202)
+        return _json({"drain": drain_document(self.controller, drain)}, 202)
 
-    async def post_rollout(request: web.Request) -> web.Response:
-        denied = authorized(request)
-        if denied is not None:
-            return denied
+    async def post_rollout(self, _: web.Request) -> web.Response:
         try:
-            detail = await controller.reload("api")
+            detail = await self.controller.reload("api")
         except DrainctlError as exc:
             return _error(409, str(exc))
         return _json(detail, 202)
 
-    async def post_rollback(request: web.Request) -> web.Response:
-        denied = authorized(request)
-        if denied is not None:
-            return denied
+    async def post_rollback(self, request: web.Request) -> web.Response:
+        body = await _body(request, RollbackBody)
+        if not isinstance(body, RollbackBody):
+            return body
         try:
-            body = RollbackBody.model_validate_json(await request.read())
-        except ValidationError as exc:
-            problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
-            return _error(400, "invalid request body", problems=problems)
-        try:
-            detail = await controller.rollback(body.pool, body.version, body.requested_by)
+            detail = await self.controller.rollback(body.pool, body.version, body.requested_by)
         except DrainctlError as exc:
             return _error(409, str(exc))
         return _json(detail, 202)
 
-    async def get_drain(request: web.Request) -> web.Response:
+    async def get_drain(self, request: web.Request) -> web.Response:
         hostname = request.match_info["hostname"]
         try:
             wait = min(float(request.query.get("wait", "0")), MAX_WAIT_S)
         except ValueError:
             return _error(400, "wait must be a number of seconds")
-        drain = controller.drains.get(hostname)
+        drain = self.controller.drains.get(hostname)
         if drain is None:
             return _error(404, f"no drain of {hostname!r} is known")
         if wait > 0 and drain.active:
             with contextlib.suppress(TimeoutError):
-                await controller.wait_for(lambda: not drain.active, wait)
-        return _json({"drain": drain_document(controller, drain)})
+                await self.controller.wait_for(lambda: not drain.active, wait)
+        return _json({"drain": drain_document(self.controller, drain)})
 
+    def guarded(self, handler: Handler) -> Handler:
+        async def checked(request: web.Request) -> web.Response:
+            denied = self._denied(request)
+            return denied if denied is not None else await handler(request)
+        return checked
+
+
+async def _body(request: web.Request, model: type[B]) -> B | web.Response:
+    """The request body as `model`, or a 400 that lists each problem with its field."""
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
+        return _error(400, "invalid request body", problems=problems)
+
+
+def build_app(controller: ControllerApi, token: str | None) -> web.Application:
+    h = _Handlers(controller, token)
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/status", status)
-    app.router.add_post("/drain", post_drain)
-    app.router.add_get("/drains/{hostname}", get_drain)
-    app.router.add_post("/rollout", post_rollout)
-    app.router.add_post("/rollback", post_rollback)
+    app.router.add_get("/metrics", h.metrics)
+    app.router.add_get("/healthz", h.healthz)
+    app.router.add_get("/status", h.status)
+    app.router.add_get("/drains/{hostname}", h.get_drain)
+    app.router.add_post("/drain", h.guarded(h.post_drain))
+    app.router.add_post("/rollout", h.guarded(h.post_rollout))
+    app.router.add_post("/rollback", h.guarded(h.post_rollback))
     return app
 
 
-async def start(controller: Controller, host: str, port: int, token: str | None = None) -> web.AppRunner:
+async def start(controller: ControllerApi, host: str, port: int, token: str | None = None) -> web.AppRunner:
     runner = web.AppRunner(build_app(controller, token), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -1,6 +1,6 @@
 """Prometheus collectors that read the model at scrape time: a worker that leaves the model leaves /metrics.
 
-Conventions (DESIGN §4, docs/observability.md): prefix ``drainctl_``, base units (seconds, bytes), counters
+Conventions (docs/observability.md): prefix ``drainctl_``, base units (seconds, bytes), counters
 end in ``_total`` and exist from the first scrape at zero for every label value known in advance (every
 outcome, reason and event type; every configured pool), so ``increase()`` and ``rate()`` in alert rules see
 the first increment. Labels are bounded: pool, version, worker hostname, state, outcome, reason, type — never a
@@ -16,12 +16,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from drainctl.app import Controller
 from drainctl.core.drain import DURATION_BUCKETS, Outcome
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES
 from drainctl.core.model import REMOTE_CONTROL_CHECK, WorkerState
 from drainctl.core.rollout import Fleet
 from drainctl.core.snapshot import TaskState
+from drainctl.readmodel import ReadModel, member_status, pool_pin
 
 MALFORMED_REASONS = (
     "invalid-json", "wrong-content-type", "oversized-message", "too-many-events", "not-an-object",
@@ -67,24 +67,22 @@ class RolloutTally:
 
 
 class ModelCollector(Collector):
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    def __init__(self, model: ReadModel) -> None:
+        self.model = model
         self.rollouts = RolloutTally()
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._workers_by_state()
         yield from self._workers()
         yield from self._events()
+        yield from self._reconciles()
         yield from self._drains()
         yield from self._pools()
         yield from self._controller()
 
     # ------------------------------------------------------------------ workers and their tasks
-    def _workers(self) -> Iterator[Metric]:
-        controller = self.controller
-        cluster = controller.cluster
-        members = controller.fleet.members
-        now = controller.clock()
-
+    def _workers_by_state(self) -> Iterator[Metric]:
+        members = self.model.fleet.members
         workers = GaugeMetricFamily(
             "drainctl_workers",
             "Workers in the event model, by state (online; offline: a warm shutdown has started; silent: "
@@ -92,6 +90,17 @@ class ModelCollector(Collector):
             labels=["pool", "version", "state"],
         )
         by_state: Counter[tuple[str, str, str]] = Counter({("", "", s.value): 0 for s in WorkerState})
+        for worker in self.model.cluster:
+            member = members.get(worker.hostname)
+            pool, version = (member.pool, member.version) if member is not None else ("", "")
+            by_state[(pool, version, worker.state.value)] += 1
+        for labels, count in sorted(by_state.items()):
+            workers.add_metric(list(labels), count)
+        yield workers
+
+    def _workers(self) -> Iterator[Metric]:
+        cluster = self.model.cluster
+        now = self.model.now()
         tasks = GaugeMetricFamily(
             "drainctl_worker_tasks",
             "Tasks a worker holds, by state: running, reserved (prefetched) or scheduled (ETA).",
@@ -118,9 +127,6 @@ class ModelCollector(Collector):
         collisions = 0
         deaf = 0
         for worker in cluster:
-            member = members.get(worker.hostname)
-            pool, version = (member.pool, member.version) if member is not None else ("", "")
-            by_state[(pool, version, worker.state.value)] += 1
             collisions += worker.collision
             counts = {s: 0 for s in TaskState}
             for task in worker.tasks.values():
@@ -133,9 +139,6 @@ class ModelCollector(Collector):
             collision.add_metric([worker.hostname], int(worker.collision))
             not_answering.add_metric([worker.hostname], int(worker.not_answering))
             deaf += worker.not_answering
-        for labels, count in sorted(by_state.items()):
-            workers.add_metric(list(labels), count)
-        yield workers
         yield tasks
         yield age
         yield info
@@ -144,20 +147,23 @@ class ModelCollector(Collector):
             "drainctl_hostname_collisions", "Hostnames used by more than one live worker process.", value=collisions
         )
         yield not_answering
+        yield from self._worker_totals(deaf)
+
+    def _worker_totals(self, deaf: int) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "drainctl_workers_not_answering_remote_control",
             "Workers that heartbeat but do not answer remote control (drainctl cannot drain them).", value=deaf,
         )
         yield GaugeMetricFamily(
             "drainctl_tasks_in_flight", "Tasks held by all workers (running, reserved, scheduled).",
-            value=cluster.in_flight(),
+            value=self.model.cluster.in_flight(),
         )
 
     # ------------------------------------------------------------------ event ingestion
     def _events(self) -> Iterator[Metric]:
-        controller = self.controller
-        cluster = controller.cluster
-        stats = controller.stats
+        model = self.model
+        cluster = model.cluster
+        stats = model.stats
 
         task_events = CounterMetricFamily(
             "drainctl_task_events_total", "Celery task events (task-*) applied to the model, by type.",
@@ -203,6 +209,9 @@ class ModelCollector(Collector):
             "Unix time of the last event consumed (the controller's start time until the first one).",
             value=last,
         )
+
+    def _reconciles(self) -> Iterator[Metric]:
+        stats = self.model.stats
         reconciles = CounterMetricFamily(
             "drainctl_reconciles_total", "Reconciles (inspect of what workers hold) merged, by reason.",
             labels=["reason"],
@@ -218,7 +227,7 @@ class ModelCollector(Collector):
 
     # ------------------------------------------------------------------ drains
     def _drains(self) -> Iterator[Metric]:
-        drains = self.controller.drains
+        drains = self.model.drains
         yield CounterMetricFamily("drainctl_drains_started_total", "Drains started.", value=drains.started_total)
         finished = CounterMetricFamily("drainctl_drains_finished_total", "Drains finished, by outcome.",
                                        labels=["outcome"])
@@ -251,10 +260,10 @@ class ModelCollector(Collector):
 
     # ------------------------------------------------------------------ pools and rollouts
     def _pools(self) -> Iterator[Metric]:
-        controller = self.controller
-        fleet = controller.fleet
-        drains = controller.drains
-        pools = sorted(controller.pool_targets)
+        model = self.model
+        fleet = model.fleet
+        drains = model.drains
+        pools = sorted(model.pool_targets)
 
         pool_workers = GaugeMetricFamily(
             "drainctl_pool_workers",
@@ -264,13 +273,12 @@ class ModelCollector(Collector):
         replicas = GaugeMetricFamily("drainctl_pool_replicas", "Workers the configuration asks of each pool.",
                                      labels=["pool"])
         for name in pools:
-            target = controller.pool_targets[name]
+            target = model.pool_targets[name]
             replicas.add_metric([name], target.replicas)
             by_status: Counter[tuple[str, str]] = Counter(
                 {(fleet.target(target), status): 0 for status in POOL_WORKER_STATUSES})
             for member in fleet.of_pool(name):
-                status = "draining" if member.hostname in drains.active and not member.failed else member.status
-                by_status[(member.version, status)] += 1
+                by_status[(member.version, member_status(member, drains))] += 1
             for (version, status), count in sorted(by_status.items()):
                 pool_workers.add_metric([name, version, status], count)
         yield pool_workers
@@ -296,20 +304,19 @@ class ModelCollector(Collector):
             "drainctl_pool_pinned", "1 while a pool is pinned to an older version (failed rollout, rollback).",
             labels=["pool"])
         for name in pools:
-            target = controller.pool_targets[name]
+            target = model.pool_targets[name]
             in_progress.add_metric([name], int(name in fleet.rollouts))
-            pin = fleet.pins.get(name)
-            pinned.add_metric([name], int(pin is not None and pin.config_version == target.version))
+            pinned.add_metric([name], int(pool_pin(fleet, name, target) is not None))
         yield in_progress
         yield pinned
 
     # ------------------------------------------------------------------ the controller itself
     def _controller(self) -> Iterator[Metric]:
-        controller = self.controller
-        stats = controller.stats
+        model = self.model
+        stats = model.stats
         reloads = CounterMetricFamily("drainctl_config_reloads_total", "Configuration reloads, by outcome.",
                                       labels=["outcome"])
-        for outcome, count in sorted((dict.fromkeys(RELOAD_OUTCOMES, 0) | controller.reloads).items()):
+        for outcome, count in sorted((dict.fromkeys(RELOAD_OUTCOMES, 0) | dict(model.reloads)).items()):
             reloads.add_metric([outcome], count)
         yield reloads
         yield GaugeMetricFamily("drainctl_broker_connected", "1 while connected to RabbitMQ.",
@@ -317,12 +324,12 @@ class ModelCollector(Collector):
         yield CounterMetricFamily("drainctl_broker_connects_total", "Successful connections to RabbitMQ.",
                                   value=stats.connects)
         yield GaugeMetricFamily("drainctl_synced", "1 once the start-up reconcile was merged (the model is complete).",
-                                value=int(controller.synced.is_set()))
+                                value=int(model.is_synced()))
         yield GaugeMetricFamily("drainctl_start_time_seconds", "Unix time the controller started.",
                                 value=stats.started_wall)
 
 
-def registry_for(controller: Controller) -> CollectorRegistry:
+def registry_for(model: ReadModel) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ModelCollector(controller))
+    registry.register(ModelCollector(model))
     return registry

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from drainctl.app import Controller
 from drainctl.core.drain import Drain
 from drainctl.core.model import Worker
 from drainctl.core.snapshot import TaskState
-from drainctl.redact import redact_url
+from drainctl.readmodel import ReadModel, member_status, pool_pin
 
 
 def remote_control(worker: Worker) -> str:
@@ -21,10 +20,10 @@ def remote_control(worker: Worker) -> str:
     return "answering" if worker.answered_at is not None else "unknown"
 
 
-def drain_document(controller: Controller, drain: Drain) -> dict[str, Any]:
+def drain_document(model: ReadModel, drain: Drain) -> dict[str, Any]:
     """One drain for /status and the drain API: its phase and exactly what it still waits for."""
-    now = controller.clock()
-    worker = controller.cluster.worker(drain.hostname)
+    now = model.now()
+    worker = model.cluster.worker(drain.hostname)
     waiting_for = []
     if drain.active and worker is not None:
         for uuid in drain.held:
@@ -61,21 +60,23 @@ def drain_document(controller: Controller, drain: Drain) -> dict[str, Any]:
     }
 
 
-def pools_document(controller: Controller) -> list[dict[str, Any]]:
-    fleet = controller.fleet
-    history = controller.journal.history(20) if controller.journal is not None else []
+def pools_document(model: ReadModel) -> list[dict[str, Any]]:
+    fleet = model.fleet
+    history = model.rollout_history(20)
     pools = []
-    for name, target in sorted(controller.pool_targets.items()):
+    for name, target in sorted(model.pool_targets.items()):
         members = fleet.of_pool(name)
         version = fleet.target(target)
-        pin = fleet.pins.get(name)
+        pin = pool_pin(fleet, name, target)
         workers = []
         for member in members:
-            drain = controller.drains.active.get(member.hostname)
-            status = f"failed: {member.failed}" if member.failed else member.status
+            drain = model.drains.active.get(member.hostname)
+            status = member_status(member, model.drains)
+            if member.failed:
+                status = f"failed: {member.failed}"
             workers.append({
                 "hostname": member.hostname, "version": member.version, "status": status,
-                "drain": drain_document(controller, drain) if drain is not None else None,
+                "drain": drain_document(model, drain) if drain is not None else None,
                 "blocked": fleet.blocked.get(member.hostname),
             })
         active = fleet.rollouts.get(name)
@@ -83,7 +84,7 @@ def pools_document(controller: Controller) -> list[dict[str, Any]]:
             "name": name,
             "version_target": version,
             "version_config": target.version,
-            "pinned": pin.reason if pin is not None and pin.config_version == target.version else None,
+            "pinned": pin.reason if pin is not None else None,
             "replicas": target.replicas,
             "cap": target.cap,
             "alive": len(members),
@@ -93,18 +94,18 @@ def pools_document(controller: Controller) -> list[dict[str, Any]]:
             "rollout": None if active is None else {
                 "id": active.id, "from_version": active.from_version, "to_version": active.to_version,
                 "replaced": active.replaced, "total": active.total, "requested_by": active.requested_by,
-                "age_s": round(controller.clock() - active.started_at, 3),
+                "age_s": round(model.now() - active.started_at, 3),
             },
             "history": [h for h in history if h["pool"] == name and h["outcome"] is not None],
         })
     return pools
 
 
-def build_status(controller: Controller) -> dict[str, Any]:
+def build_status(model: ReadModel) -> dict[str, Any]:
     """The `/status` document. Integers for counts; no secrets (the broker URL is redacted)."""
-    now = controller.clock()
+    now = model.now()
     workers = []
-    for worker in sorted(controller.cluster, key=lambda w: w.hostname):
+    for worker in sorted(model.cluster, key=lambda w: w.hostname):
         tasks: dict[str, list[dict[str, Any]]] = {s.value: [] for s in TaskState}
         for task in sorted(worker.tasks.values(), key=lambda t: t.received_at):
             since = task.started_at if task.started_at is not None else task.received_at
@@ -131,17 +132,17 @@ def build_status(controller: Controller) -> dict[str, Any]:
             "remote_control_unanswered": len(worker.unanswered),
             "tasks": tasks,
         })
-    stats = controller.stats
+    stats = model.stats
     return {
-        "pools": pools_document(controller),
-        "drains": [drain_document(controller, d) for d in controller.drains]
-        + [drain_document(controller, d) for d in reversed(controller.drains.finished)],
+        "pools": pools_document(model),
+        "drains": [drain_document(model, d) for d in model.drains]
+        + [drain_document(model, d) for d in reversed(model.drains.finished)],
         "controller": {
-            "id": controller.settings.controller.id,
-            "broker": redact_url(controller.broker_url),
+            "id": model.identity.controller_id,
+            "broker": model.identity.broker,
             "broker_connected": stats.connected,
-            "synced": controller.synced.is_set(),
-            "event_queue": controller.event_queue.name,
+            "synced": model.is_synced(),
+            "event_queue": model.identity.event_queue,
             "events_consumed": stats.events,
             "events_malformed": sum(stats.malformed.values()),
             "events_dropped": stats.dropped,
