@@ -5,8 +5,11 @@ from typing import Any
 import pytest
 
 from drainctl.core.commands import EnableEvents, Reconcile
-from drainctl.core.model import CORRECTION_GRACE_S, Cluster, Notice, TaskEvents, WorkerState
+from drainctl.core.model import Cluster
+from drainctl.core.notices import Notice
+from drainctl.core.reconcile import CORRECTION_GRACE_S
 from drainctl.core.snapshot import TaskInfo, TaskState, WorkerSnapshot, build_snapshot
+from drainctl.core.worker import TaskEvents, WorkerState
 from tests.core.factories import HOST, feed, task_event, worker_event
 
 ETA = "2030-01-01T00:00:00+00:00"
