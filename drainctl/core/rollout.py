@@ -42,9 +42,10 @@ from drainctl.core.commands import (
     StopWorker,
     SwitchToPool,
 )
-from drainctl.core.drain import DrainBook, DrainPolicy, DrainRefused, Phase, not_answering_reason
+from drainctl.core.drain import DrainBook, DrainPolicy, DrainRefused, Phase
 from drainctl.core.model import Cluster, Notice, Worker, WorkerState
 from drainctl.core.quiet import on_standby
+from drainctl.core.refusals import not_answering_reason
 
 REGISTERED_RETRY_S = 1.0
 # A switch or a standby cancel not confirmed by then is sent again (both are idempotent in Celery).
