@@ -241,10 +241,8 @@ class DrainBook:
         drain = self.active.get(hostname)
         if drain is None:
             return []
-        # Unknown to the model: what it held when last seen.
-        still_held = held(cluster.worker(hostname))
-        if still_held is None:
-            still_held = drain.held
+        known = held(cluster.worker(hostname))
+        still_held = drain.held if known is None else known  # unknown to the model: what it held when last seen
         code = "unknown" if exit_code is None else str(exit_code)
         if drain.phase in (Phase.RETIRING, Phase.STOPPING) and not still_held:
             detail = f"exited with code {code}"

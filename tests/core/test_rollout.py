@@ -259,7 +259,7 @@ def test_rollback_pins_the_previous_version_until_the_config_changes() -> None:
     world = started_world()
     world.pool = replace(world.pool, version="v2")
     world.run(lambda: world.settled("v2"))
-    world.fleet.rollback(world.pool, "v1", world.now, "cli:ops")
+    world.fleet.rollback(world.pool, "v1", "cli:ops")
     world.run(lambda: world.settled("v1"))
     for _ in range(5):
         world.step()
