@@ -36,26 +36,19 @@ class ConsumerTimeout:
 
 _UNACKED_AS: Final = {
     # drainctl cannot see a task's acks_late: a running task is unacknowledged only with it (Airflow's default).
-    TaskState.RUNNING: "running (unacknowledged until it ends if it uses acks_late, as Airflow's CeleryExecutor "
-                       "does; drainctl cannot tell)",
+    TaskState.RUNNING: "running (unacknowledged until it ends if it uses acks_late)",
     TaskState.RESERVED: "prefetched, not started (unacknowledged)",
     TaskState.SCHEDULED: "held for its ETA (unacknowledged)",
 }
 
 
 def _near_detail(task: Task, age: float, limit: ConsumerTimeout) -> str:
+    # The age is as far as drainctl saw, and RabbitMQ checks the timeout only periodically: "about".
     remaining = limit.timeout_s - age
-    when = (f"about {remaining:.1f}s from now or somewhat later (RabbitMQ checks periodically)" if remaining > 0
-            else "any moment now, if it has not already")
-    return (
-        f"task {task.uuid} ({task.name or 'name unknown'}), {_UNACKED_AS[task.state]}, was delivered {age:.1f}s ago "
-        f"(as far as drainctl saw), {age / limit.timeout_s:.0%} of consumer_timeout {limit.timeout_s:g}s: "
-        f"RabbitMQ will close the worker's channel (PRECONDITION_FAILED) {when} and deliver again every message "
-        "the channel held unacknowledged, so this task may run twice. Raise consumer_timeout for that queue or "
-        "vhost above the task's run time (rabbitmq.conf consumer_timeout, or the x-consumer-timeout queue argument "
-        "or a consumer-timeout policy on RabbitMQ 3.12+) and set [broker] consumer_timeout_s to match, or split "
-        "the task into shorter ones"
-    )
+    when = f"about {remaining:.1f}s from now" if remaining > 0 else "any moment now, if it has not already"
+    return (f"task {task.uuid} ({task.name or 'name unknown'}), {_UNACKED_AS[task.state]}, was delivered "
+            f"{age:.1f}s ago, {age / limit.timeout_s:.0%} of consumer_timeout {limit.timeout_s:g}s: RabbitMQ may "
+            f"deliver it again {when}, so it may run twice. Raise consumer_timeout or split the task")
 
 
 def near_timeout(worker: Worker, warned: set[str], limit: ConsumerTimeout, now: float) -> list[Notice]:
@@ -90,9 +83,6 @@ def redelivered(worker: Worker, warned: set[str], seen: set[str], others: Iterab
             continue
         seen.add(uuid)
         notices.append(Notice("consumer-timeout-redelivered", host, (
-            f"task {uuid}, held by {host} past the consumer_timeout warning, was delivered again to "
-            f"{', '.join(elsewhere)}: RabbitMQ most likely closed {host}'s channel "
-            f"(consumer_timeout). If it still runs on {host} it now runs twice, and it meets the same "
-            "timeout there unless it ends sooner. Raise consumer_timeout above the task's run time"
-        )))
+            f"task {uuid}, held by {host}, was delivered again to {', '.join(elsewhere)} (consumer_timeout?): "
+            f"if it still runs on {host}, it now runs twice and meets the same timeout there")))
     return notices

@@ -391,12 +391,12 @@ class DrainBook:
         drain.lost_tasks = tuple(sorted(tasks))
         detail = why
         if drain.lost_tasks:
-            detail += (f"; it held {len(drain.lost_tasks)} tasks: {', '.join(drain.lost_tasks)} — with acks-early "
-                       "(Celery's default) the running ones are lost to Celery itself; acks_late and prefetched "
-                       "ones return to the queue")
+            detail += (f"; it held {len(drain.lost_tasks)} tasks: {', '.join(drain.lost_tasks)} (with acks-early, "
+                       "Celery's default, the running ones are lost; the others return to the queue)")
         if drain.timeout_warned:
+            # A closed channel stops a Celery worker.
             detail += (f"; it held {', '.join(sorted(drain.timeout_warned))} past the consumer_timeout warning: "
-                       "RabbitMQ's consumer_timeout may have closed its channel, which stops a Celery worker")
+                       "RabbitMQ may have closed its channel")
         return self._finish(drain, Outcome.LOST, now, detail)
 
     def _finish(self, drain: Drain, outcome: Outcome, now: float, detail: str) -> list[Notice]:
