@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from drainctl.core.drain import DEFAULT_CONSUMER_TIMEOUT_S, ConsumerTimeout, DrainBook, Outcome
-from drainctl.core.model import Cluster, Notice
+from drainctl.core.consumer_timeout import DEFAULT_CONSUMER_TIMEOUT_S, ConsumerTimeout
+from drainctl.core.drain import DrainBook, Outcome
+from drainctl.core.model import Cluster
+from drainctl.core.notices import Notice
 from drainctl.core.snapshot import TaskInfo, TaskState, WorkerSnapshot
 from tests.core.factories import task_event
 from tests.core.test_drain import A, B, drained_to_waiting, feed, fleet
