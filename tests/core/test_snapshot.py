@@ -38,3 +38,10 @@ def test_build_snapshot_from_celery_replies() -> None:
 )
 def test_build_snapshot_reports_unusable_parts(replies: dict[str, Any], problem: str) -> None:
     assert problem in build_snapshot(HOST, replies).problems
+
+
+def test_unusable_entries_are_left_out_and_said() -> None:
+    snapshot = build_snapshot(HOST, {"active": [], "reserved": ["x"], "scheduled": [{"eta": ETA, "request": {"name": "t"}}]})
+    assert snapshot.tasks == ()
+    assert snapshot.problems == ("clock: no usable reply", "scheduled: entry without an 'id'",
+                                 "reserved: entry is not an object", "active_queues: no usable reply")
