@@ -13,13 +13,8 @@ Pure: every input (a control reply, a runtime exit, a model change, the passing 
                                                                 stopping (runtime stop)  ──exit──► done
 
 ETA tasks never hold a drain: the worker keeps them unacknowledged and the broker hands them to
-another worker when the drained one closes its connection.
-
-RabbitMQ's `consumer_timeout` closes the channel of a consumer that keeps a delivery unacknowledged for
-longer (and redelivers all it held): a long acks_late task on a draining worker may then run twice. The
-broker's value cannot be read over AMQP, so the operator states it (`ConsumerTimeout`) and every task a
-draining worker holds for long produces one `consumer-timeout-near` notice (and one
-`consumer-timeout-redelivered` if another worker then receives it while the draining one still holds it).
+another worker when the drained one closes its connection. While it drains, the tasks a worker holds
+for long are checked against RabbitMQ's consumer_timeout (`drainctl.core.consumer_timeout`).
 """
 
 from __future__ import annotations
@@ -41,17 +36,22 @@ from drainctl.core.commands import (
     ShutdownWorker,
     StopWorker,
 )
-from drainctl.core.model import Cluster, Notice, Task, Worker, WorkerState
-from drainctl.core.policy import DrainPolicy as DrainPolicy
-from drainctl.core.refusals import DrainRefused as DrainRefused
-from drainctl.core.refusals import not_answering_reason as not_answering_reason
-from drainctl.core.snapshot import TaskState
+from drainctl.core.consumer_timeout import DEFAULT_CONSUMER_TIMEOUT_S, ConsumerTimeout, near_timeout, redelivered
+from drainctl.core.model import Cluster
+from drainctl.core.notices import Notice
+from drainctl.core.policy import DrainPolicy
+from drainctl.core.refusals import DrainRefused
+from drainctl.core.worker import Worker, WorkerState, held
+
+# What code outside the core imports from here, wherever it is defined.
+__all__ = [
+    "CONFIRM_REASON", "DEFAULT_CONSUMER_TIMEOUT_S", "DURATION_BUCKETS", "ConsumerTimeout", "Drain", "DrainBook",
+    "DrainPolicy", "DrainRefused", "Outcome", "Phase",
+]
 
 DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 RESTART_WINDOW_S: Final = 300.0
 CONFIRM_REASON: Final = "drain-confirm"
-# RabbitMQ's default consumer_timeout since 3.8.15: 30 minutes.
-DEFAULT_CONSUMER_TIMEOUT_S: Final = 1800.0
 
 
 class Phase(StrEnum):
@@ -72,18 +72,6 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"  # the drain was called off; the worker consumes again
 
 
-@dataclass(frozen=True, slots=True)
-class ConsumerTimeout:
-    """RabbitMQ's `consumer_timeout` as the operator configured it; warn once a delivery reaches `warn_at` of it."""
-
-    timeout_s: float = DEFAULT_CONSUMER_TIMEOUT_S
-    warn_at: float = 0.8
-
-    @property
-    def warn_after_s(self) -> float:
-        return self.timeout_s * self.warn_at
-
-
 @dataclass(slots=True)
 class Drain:
     hostname: str
@@ -97,11 +85,9 @@ class Drain:
     phase: Phase = Phase.CANCELLING
     phase_since: float = 0.0
     unconfirmed: set[str] = field(default_factory=set)
-    cancel_attempts: int = 1
     asked_at: float | None = None
     held: tuple[str, ...] = ()
     shutdown_at: float | None = None
-    stop_at: float | None = None
     past_deadline: bool = False
     escalated: bool = False
     outcome: Outcome | None = None
@@ -121,36 +107,6 @@ class Drain:
 
     def duration(self, now: float) -> float:
         return (self.finished_at if self.finished_at is not None else now) - self.started_at
-
-
-def _held(worker: Worker | None) -> tuple[str, ...]:
-    if worker is None:
-        return ()
-    return tuple(sorted(t.uuid for t in worker.tasks.values() if t.state is not TaskState.SCHEDULED))
-
-
-_UNACKED_AS: Final = {
-    # drainctl cannot see a task's acks_late: a running task is unacknowledged only with it (Airflow's default).
-    TaskState.RUNNING: "running (unacknowledged until it ends if it uses acks_late, as Airflow's CeleryExecutor "
-                       "does; drainctl cannot tell)",
-    TaskState.RESERVED: "prefetched, not started (unacknowledged)",
-    TaskState.SCHEDULED: "held for its ETA (unacknowledged)",
-}
-
-
-def _timeout_detail(task: Task, age: float, limit: ConsumerTimeout) -> str:
-    remaining = limit.timeout_s - age
-    when = (f"about {remaining:.1f}s from now or somewhat later (RabbitMQ checks periodically)" if remaining > 0
-            else "any moment now, if it has not already")
-    return (
-        f"task {task.uuid} ({task.name or 'name unknown'}), {_UNACKED_AS[task.state]}, was delivered {age:.1f}s ago "
-        f"(as far as drainctl saw), {age / limit.timeout_s:.0%} of consumer_timeout {limit.timeout_s:g}s: "
-        f"RabbitMQ will close the worker's channel (PRECONDITION_FAILED) {when} and deliver again every message "
-        "the channel held unacknowledged, so this task may run twice. Raise consumer_timeout for that queue or "
-        "vhost above the task's run time (rabbitmq.conf consumer_timeout, or the x-consumer-timeout queue argument "
-        "or a consumer-timeout policy on RabbitMQ 3.12+) and set [broker] consumer_timeout_s to match, or split "
-        "the task into shorter ones"
-    )
 
 
 class DrainBook:
@@ -199,7 +155,7 @@ class DrainBook:
         drain = Drain(
             hostname=hostname, queues=queues, managed=managed, policy=policy, started_at=now, pid=worker.pid,
             requested_by=requested_by, forced=force, phase_since=now, unconfirmed=set(queues), asked_at=now,
-            held=_held(worker),
+            held=held(worker) or (),
         )
         self.active[hostname] = drain
         self.started_total += 1
@@ -220,7 +176,7 @@ class DrainBook:
         drain = Drain(
             hostname=hostname, queues=queues, managed=managed, policy=policy, started_at=now,
             pid=worker.pid if worker is not None else None, requested_by=requested_by, phase=Phase.WAITING,
-            phase_since=now, held=_held(worker),
+            phase_since=now, held=held(worker) or (),
         )
         self.active[hostname] = drain
         self.started_total += 1
@@ -257,7 +213,6 @@ class DrainBook:
         if not still:
             self._enter(drain, Phase.WAITING, now)
             return []
-        drain.cancel_attempts += 1
         self._enter(drain, Phase.CANCELLING, now)
         drain.asked_at = now
         return [CancelConsumers(hostname, still)]
@@ -270,7 +225,7 @@ class DrainBook:
         if not answered:
             return []  # asked again after retry_s; never retire on an unanswered question
         worker = cluster.worker(hostname)
-        drain.held = _held(worker)
+        drain.held = held(worker) or ()
         if drain.held:
             self._enter(drain, Phase.WAITING, now)
             return []
@@ -286,15 +241,15 @@ class DrainBook:
         drain = self.active.get(hostname)
         if drain is None:
             return []
-        worker = cluster.worker(hostname)
-        held = _held(worker) if worker is not None else drain.held
+        known = held(cluster.worker(hostname))
+        still_held = drain.held if known is None else known  # unknown to the model: what it held when last seen
         code = "unknown" if exit_code is None else str(exit_code)
-        if drain.phase in (Phase.RETIRING, Phase.STOPPING) and not held:
+        if drain.phase in (Phase.RETIRING, Phase.STOPPING) and not still_held:
             detail = f"exited with code {code}"
             if forced:
                 detail += "; SIGTERM had no effect: the runtime killed it when the stop timeout expired"
             return self._finish(drain, Outcome.RETIRED, now, detail)
-        return self._lose(drain, held, now, f"exited with code {code} while {drain.phase.value}")
+        return self._lose(drain, still_held, now, f"exited with code {code} while {drain.phase.value}")
 
     def evaluate(self, cluster: Cluster, now: float) -> tuple[list[Command], list[Notice]]:
         """Re-check every drain against the model and the clock. Called after every input."""
@@ -322,25 +277,33 @@ class DrainBook:
 
     def _evaluate(self, drain: Drain, cluster: Cluster, now: float) -> tuple[list[Command], list[Notice]]:
         worker = cluster.worker(drain.hostname)
-        commands: list[Command] = []
+        ended = self._ended(drain, worker, now)
+        if ended is not None:
+            return [], ended
         notices: list[Notice] = []
+        if worker is not None:
+            drain.held = held(worker) or ()
+            notices.extend(self._consumer_timeout(drain, worker, cluster, now))
+        commands = self._step(drain, worker, now, notices)
+        commands.extend(self._past_deadline(drain, now, notices))
+        return commands, notices
+
+    def _ended(self, drain: Drain, worker: Worker | None, now: float) -> list[Notice] | None:
+        """The drain's process was replaced, or a worker drainctl did not start left the model: how it ended."""
         if worker is not None and drain.pid is not None and worker.pid is not None and worker.pid != drain.pid:
             if drain.phase in (Phase.RETIRING, Phase.STOPPING) and not drain.managed:
-                notices.extend(self._finish(drain, Outcome.RESTARTED_BY_SUPERVISOR, now,
-                                            f"came back under the same name with pid {worker.pid}"))
-            else:
-                notices.extend(self._lose(drain, drain.held, now, f"its process was replaced (pid {worker.pid})"))
-            return commands, notices
+                return self._finish(drain, Outcome.RESTARTED_BY_SUPERVISOR, now,
+                                    f"came back under the same name with pid {worker.pid}")
+            return self._lose(drain, drain.held, now, f"its process was replaced (pid {worker.pid})")
         if worker is None and not drain.managed:
             if drain.phase in (Phase.RETIRING, Phase.STOPPING):
-                return commands, self._finish(drain, Outcome.SHUTDOWN_REQUESTED, now, "worker left")
-            return commands, self._lose(drain, drain.held, now, "the worker went away before it was retired")
-        if worker is not None:
-            held = _held(worker)
-            if drain.phase is not Phase.DONE:
-                drain.held = held
-            notices.extend(self._near_consumer_timeout(drain, worker, now))
-            notices.extend(self._redelivered(drain, worker, cluster))
+                return self._finish(drain, Outcome.SHUTDOWN_REQUESTED, now, "worker left")
+            return self._lose(drain, drain.held, now, "the worker went away before it was retired")
+        return None
+
+    def _step(self, drain: Drain, worker: Worker | None, now: float, notices: list[Notice]) -> list[Command]:
+        """Move the drain on from its phase: ask again what went unanswered, verify, retire."""
+        commands: list[Command] = []
         phase = drain.phase
         waited = now - (drain.asked_at if drain.asked_at is not None else drain.phase_since)
         if phase is Phase.CANCELLING and waited >= drain.policy.retry_s:
@@ -364,28 +327,33 @@ class DrainBook:
                 assert drain.shutdown_at is not None
                 if now - drain.shutdown_at >= drain.policy.retire_grace_s:
                     self._enter(drain, Phase.STOPPING, now)
-                    drain.stop_at = now
                     commands.append(StopWorker(drain.hostname, drain.policy.stop_timeout_s))
             elif worker is not None and worker.state is WorkerState.OFFLINE:
                 notices.extend(self._finish(drain, Outcome.SHUTDOWN_REQUESTED, now,
                                             "remote shutdown sent; worker-offline seen"))
+        return commands
+
+    def _past_deadline(self, drain: Drain, now: float, notices: list[Notice]) -> list[Command]:
+        """Said once, when a drain still waiting on the worker passes its deadline; escalated if the policy says so."""
         deadline = drain.policy.deadline_s
-        if (deadline is not None and drain.active and not drain.past_deadline
-                and drain.phase in (Phase.CANCELLING, Phase.CONFIRMING_QUEUES, Phase.WAITING, Phase.VERIFYING)
-                and now - drain.started_at >= deadline):
-            drain.past_deadline = True
-            detail = f"past its deadline of {deadline:g}s; still holds {len(drain.held)} tasks"
-            if drain.policy.on_deadline == "escalate":
-                if drain.managed:
-                    drain.escalated = True
-                    commands.append(EscalateWorker(drain.hostname))
-                    detail += "; escalating (SIGQUIT: soft shutdown where configured, else cold)"
-                else:
-                    detail += "; cannot escalate a worker drainctl did not start: still waiting"
+        if (deadline is None or not drain.active or drain.past_deadline
+                or drain.phase not in (Phase.CANCELLING, Phase.CONFIRMING_QUEUES, Phase.WAITING, Phase.VERIFYING)
+                or now - drain.started_at < deadline):
+            return []
+        drain.past_deadline = True
+        commands: list[Command] = []
+        detail = f"past its deadline of {deadline:g}s; still holds {len(drain.held)} tasks"
+        if drain.policy.on_deadline == "escalate":
+            if drain.managed:
+                drain.escalated = True
+                commands.append(EscalateWorker(drain.hostname))
+                detail += "; escalating (SIGQUIT: soft shutdown where configured, else cold)"
             else:
-                detail += "; policy is to keep waiting (nothing is interrupted)"
-            notices.append(Notice("drain-past-deadline", drain.hostname, detail))
-        return commands, notices
+                detail += "; cannot escalate a worker drainctl did not start: still waiting"
+        else:
+            detail += "; policy is to keep waiting (nothing is interrupted)"
+        notices.append(Notice("drain-past-deadline", drain.hostname, detail))
+        return commands
 
     def cancel(self, cluster: Cluster, hostname: str, now: float, reason: str) -> list[Command]:
         """Call a drain off: the worker consumes its queues again (unless it is already being retired)."""
@@ -406,59 +374,29 @@ class DrainBook:
         return self._finish(drain, Outcome.CANCELLED, now, reason)
 
     # ------------------------------------------------------------------ consumer_timeout
-    def _near_consumer_timeout(self, drain: Drain, worker: Worker, now: float) -> list[Notice]:
-        """One notice per task the draining worker has held unacknowledged for `warn_at` of the timeout.
-
-        The age counts from when drainctl learnt of the delivery (task-received, or the reconcile that
-        listed it): a lower bound, which is why the warning comes before the timeout, not at it.
-        """
-        limit = self.consumer_timeout
-        due = [t for t in worker.tasks.values()
-               if now - t.received_at >= limit.warn_after_s and t.uuid not in drain.timeout_warned]
-        notices: list[Notice] = []
-        for task in sorted(due, key=lambda t: (t.received_at, t.uuid)):
-            drain.timeout_warned.add(task.uuid)
-            self.consumer_timeout_warnings += 1
-            detail = _timeout_detail(task, now - task.received_at, limit)
-            notices.append(Notice("consumer-timeout-near", drain.hostname, detail))
-        return notices
-
-    def _redelivered(self, drain: Drain, worker: Worker, cluster: Cluster) -> list[Notice]:
-        """A warned task another worker received while the draining one still holds it: the broker delivered
-        it again, most likely because the consumer_timeout closed the draining worker's channel. Said once per
-        task, never hidden. (A retry keeps the task id but comes after the first run ended: not counted.)"""
-        notices: list[Notice] = []
-        for uuid in sorted(drain.timeout_warned - drain.redelivered):
-            if uuid not in worker.tasks:
-                continue
-            elsewhere = sorted(w.hostname for w in cluster if w.hostname != drain.hostname and uuid in w.tasks)
-            if not elsewhere:
-                continue
-            drain.redelivered.add(uuid)
-            self.consumer_timeout_redeliveries += 1
-            notices.append(Notice("consumer-timeout-redelivered", drain.hostname, (
-                f"task {uuid}, held by {drain.hostname} past the consumer_timeout warning, was delivered again to "
-                f"{', '.join(elsewhere)}: RabbitMQ most likely closed {drain.hostname}'s channel "
-                f"(consumer_timeout). If it still runs on {drain.hostname} it now runs twice, and it meets the same "
-                "timeout there unless it ends sooner. Raise consumer_timeout above the task's run time"
-            )))
-        return notices
+    def _consumer_timeout(self, drain: Drain, worker: Worker, cluster: Cluster, now: float) -> list[Notice]:
+        """The tasks the draining worker holds near RabbitMQ's consumer_timeout, and those delivered again."""
+        near = near_timeout(worker, drain.timeout_warned, self.consumer_timeout, now)
+        again = redelivered(worker, drain.timeout_warned, drain.redelivered, cluster)
+        self.consumer_timeout_warnings += len(near)
+        self.consumer_timeout_redeliveries += len(again)
+        return near + again
 
     # ------------------------------------------------------------------ helpers
     def _enter(self, drain: Drain, phase: Phase, now: float) -> None:
         drain.phase = phase
         drain.phase_since = now
 
-    def _lose(self, drain: Drain, held: Iterable[str], now: float, why: str) -> list[Notice]:
-        drain.lost_tasks = tuple(sorted(held))
+    def _lose(self, drain: Drain, tasks: Iterable[str], now: float, why: str) -> list[Notice]:
+        drain.lost_tasks = tuple(sorted(tasks))
         detail = why
         if drain.lost_tasks:
-            detail += (f"; it held {len(drain.lost_tasks)} tasks: {', '.join(drain.lost_tasks)} — with acks-early "
-                       "(Celery's default) the running ones are lost to Celery itself; acks_late and prefetched "
-                       "ones return to the queue")
+            detail += (f"; it held {len(drain.lost_tasks)} tasks: {', '.join(drain.lost_tasks)} (with acks-early, "
+                       "Celery's default, the running ones are lost; the others return to the queue)")
         if drain.timeout_warned:
+            # A closed channel stops a Celery worker.
             detail += (f"; it held {', '.join(sorted(drain.timeout_warned))} past the consumer_timeout warning: "
-                       "RabbitMQ's consumer_timeout may have closed its channel, which stops a Celery worker")
+                       "RabbitMQ may have closed its channel")
         return self._finish(drain, Outcome.LOST, now, detail)
 
     def _finish(self, drain: Drain, outcome: Outcome, now: float, detail: str) -> list[Notice]:

@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from drainctl.core.model import Worker, WorkerState
-from drainctl.core.snapshot import TaskState
+from drainctl.core.worker import Worker, WorkerState, held
+
+__all__ = [
+    "NODENAME_DEFAULT", "Action", "EntrypointDrain", "Phase", "WorkerCommand", "expand_nodename", "held",
+    "worker_command",
+]
 
 NODENAME_DEFAULT: Final = "celery"
 _FORMAT: Final = re.compile(r"%([%\w])")
@@ -67,14 +71,6 @@ def worker_command(argv: Sequence[str], host: str) -> WorkerCommand:
     if not raw:
         raise ValueError("the worker's -n/--hostname is empty")
     return WorkerCommand(tuple(argv), expand_nodename(raw, host), False)
-
-
-def held(worker: Worker | None) -> tuple[str, ...] | None:
-    """Ids of the tasks that hold the drain: running and prefetched. ETA tasks do not (the broker hands
-    them to another worker once this one disconnects). None: the model does not know the worker."""
-    if worker is None:
-        return None
-    return tuple(sorted(t.uuid for t in worker.tasks.values() if t.state is not TaskState.SCHEDULED))
 
 
 class Phase(StrEnum):

@@ -1,6 +1,6 @@
 """Celery events, parsed once at the edge into frozen, slotted dataclasses.
 
-The wire format (DESIGN §3): worker events are one JSON object each; task events from a
+On the wire (the `celeryev` exchange), worker events are one JSON object each; task events from a
 prefork/solo/threads worker come as a JSON *list* under routing key ``task.multi``.
 Everything here is pure: bytes in, typed events and rejections out.
 """

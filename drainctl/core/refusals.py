@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Container
 
-from drainctl.core.model import Cluster, Worker, WorkerState
+from drainctl.core.model import Cluster
 from drainctl.core.quiet import is_standby
+from drainctl.core.worker import Worker, WorkerState
 
 
 class DrainRefused(Exception):
@@ -30,14 +31,10 @@ class DrainRefused(Exception):
 
 def not_answering_reason(worker: Worker) -> str:
     """Why drainctl will not drain a worker that does not answer remote control, and what to do instead."""
-    return (
-        f"{worker.hostname!r} does not answer remote control: questions to it went unanswered, one after the "
-        "other, while its heartbeats kept arriving (is worker_enable_remote_control off, or its pidbox "
-        "consumer gone?). drainctl stops a worker consuming with cancel_consumer, so it cannot drain this one "
-        "safely. Stop it yourself with a warm shutdown (SIGTERM, docker stop): Celery then stops consuming, "
-        "finishes its running tasks, and its prefetched ones go back to the queue when it disconnects; start "
-        "its replacement with remote control enabled"
-    )
+    # drainctl stops a worker consuming with cancel_consumer: without remote control only a warm shutdown
+    # stops it safely (README.md, "Remote control off").
+    return (f"{worker.hostname!r} does not answer remote control (worker_enable_remote_control off?): "
+            "stop it with a warm shutdown (SIGTERM) instead")
 
 
 def check(cluster: Cluster, hostname: str, draining: Container[str], *, force: bool) -> tuple[str, ...]:
@@ -47,16 +44,12 @@ def check(cluster: Cluster, hostname: str, draining: Container[str], *, force: b
     """
     worker = cluster.worker(hostname)
     if worker is None:
-        raise DrainRefused(hostname, f"unknown worker {hostname!r}: drainctl has not seen it (yet: a worker is "
-                           "known from its first event, e.g. worker-online; `drainctl status` lists the workers "
-                           "it knows)", overridable=False, temporary=True)
+        raise DrainRefused(hostname, f"unknown worker {hostname!r}: drainctl has not seen it (yet); "
+                           "`drainctl status` lists the workers it knows", overridable=False, temporary=True)
     if worker.collision:
-        raise DrainRefused(
-            hostname,
-            f"{hostname!r} is used by two live processes ({worker.collision_reason}); a command sent to "
-            "that name can land on either, so drainctl will not drain it. Give every worker a unique -n",
-            overridable=False, temporary=False,
-        )
+        # A command sent to that name can land on either process.
+        raise DrainRefused(hostname, f"{hostname!r} is used by two live processes ({worker.collision_reason}): "
+                           "give every worker a unique -n", overridable=False, temporary=False)
     if worker.state is WorkerState.OFFLINE:
         raise DrainRefused(hostname, f"{hostname!r} is already shutting down (worker-offline seen)",
                            overridable=False, temporary=False)
@@ -64,8 +57,8 @@ def check(cluster: Cluster, hostname: str, draining: Container[str], *, force: b
         raise DrainRefused(hostname, not_answering_reason(worker), overridable=False, temporary=False)
     if worker.queues is None:
         unanswered = len(worker.unanswered)
-        so_far = (f"; {unanswered} remote-control question(s) to it went unanswered so far (drainctl keeps "
-                  "asking and says so if it never answers)") if unanswered else ""
+        # drainctl keeps asking, and says so if the worker never answers.
+        so_far = f"; {unanswered} remote-control question(s) unanswered so far" if unanswered else ""
         raise DrainRefused(hostname, f"the queues of {hostname!r} are not known yet (no active_queues reply"
                            f"{so_far}); retry in a few seconds", overridable=False, temporary=True)
     if worker.state is WorkerState.SILENT and not force:
@@ -98,11 +91,10 @@ def _last_consumer(cluster: Cluster, hostname: str, queue: str, draining: Contai
         if w.hostname != hostname and w.state is WorkerState.ONLINE and not w.collision and not w.not_answering
         and w.queues is None and w.hostname not in draining
     )
-    reason = (f"queue {queue!r} would have no consumer: {hostname!r} is the only online worker consuming it "
-              "that is not being drained")
     if unknown:
-        return DrainRefused(hostname, f"{reason}, as far as drainctl knows yet: the queues of "
-                            f"{', '.join(map(repr, unknown))} are not known yet (no active_queues reply); retry in "
-                            "a few seconds, or use --force to accept a gap", overridable=True, temporary=True)
-    return DrainRefused(hostname, f"{reason}. Start another worker on it first, or use --force to accept the gap",
+        return DrainRefused(hostname, f"queue {queue!r} would have no consumer, as far as drainctl knows yet: the "
+                            f"queues of {', '.join(map(repr, unknown))} are not known yet; retry in a few seconds, "
+                            "or use --force", overridable=True, temporary=True)
+    return DrainRefused(hostname, f"queue {queue!r} would have no consumer: {hostname!r} is the only online worker "
+                        "on it not being drained. Start another worker on it first, or use --force",
                         overridable=True, temporary=False)

@@ -1,14 +1,17 @@
-"""Builders for raw Celery event dicts, shaped like what Celery 5.x puts on the wire, and `feed` to apply them."""
+"""Builders for raw Celery event dicts, shaped like what Celery 5.x puts on the wire; `feed` to apply them, and
+`states` to read what the model makes of them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from drainctl.core.events import parse_event
-from drainctl.core.model import Cluster, Notice
+from drainctl.core.model import Cluster
+from drainctl.core.notices import Notice
 
 HOST = "w1@host"
 PID = 100
+ETA = "2030-01-01T00:00:00+00:00"
 
 
 def worker_event(kind: str, clock: int, *, host: str = HOST, pid: int = PID, **extra: Any) -> dict[str, Any]:
@@ -60,3 +63,14 @@ def feed(cluster: Cluster, raws: list[dict[str, Any]], now: float = 0.0) -> tupl
         commands += c
         notices += n
     return commands, notices
+
+
+def online(cluster: Cluster, clock: int = 1, **kw: Any) -> None:
+    feed(cluster, [worker_event("online", clock, **kw)])
+
+
+def states(cluster: Cluster, host: str = HOST) -> dict[str, str]:
+    """The state of each task the model holds for `host`, by task id."""
+    worker = cluster.worker(host)
+    assert worker is not None
+    return {uuid: t.state.value for uuid, t in sorted(worker.tasks.items())}

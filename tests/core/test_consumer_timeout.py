@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from drainctl.core.drain import DEFAULT_CONSUMER_TIMEOUT_S, ConsumerTimeout, DrainBook, Outcome
-from drainctl.core.model import Cluster, Notice
+from drainctl.core.consumer_timeout import DEFAULT_CONSUMER_TIMEOUT_S, ConsumerTimeout
+from drainctl.core.drain import DrainBook, Outcome
+from drainctl.core.model import Cluster
+from drainctl.core.notices import Notice
 from drainctl.core.snapshot import TaskInfo, TaskState, WorkerSnapshot
 from tests.core.factories import task_event
 from tests.core.test_drain import A, B, drained_to_waiting, feed, fleet
@@ -33,9 +35,8 @@ def test_a_long_running_task_on_a_draining_worker_is_reported_once() -> None:
     assert notice.hostname == A
     detail = notice.detail
     for fragment in ("task long (app.sleep)", "running (unacknowledged until it ends if it uses acks_late",
-                     "drainctl cannot tell", "delivered 1440.0s ago", "80% of consumer_timeout 1800s",
-                     "about 360.0s from now", "PRECONDITION_FAILED", "may run twice",
-                     "Raise consumer_timeout for that queue or vhost", "consumer_timeout_s", "split the task"):
+                     "delivered 1440.0s ago", "80% of consumer_timeout 1800s", "about 360.0s from now",
+                     "may run twice", "Raise consumer_timeout", "split the task"):
         assert fragment in detail, (fragment, detail)
     # Once per task, not once per tick.
     for now in (1441.0, 1700.0, 1900.0):

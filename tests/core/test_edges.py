@@ -7,13 +7,14 @@ from typing import Any
 
 import pytest
 
-from drainctl.core.commands import AddConsumers, CancelConsumers, QueryRegistered, Reconcile, StartWorker
+from drainctl.core.commands import AddConsumers, CancelConsumers, JournalCancel, QueryRegistered, Reconcile, StartWorker
 from drainctl.core.drain import DURATION_BUCKETS, DrainBook, DrainPolicy, Outcome, Phase
 from drainctl.core.events import parse_event
 from drainctl.core.model import Cluster
 from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.core.snapshot import TaskState
-from tests.core.factories import feed, task_event, worker_event
+from drainctl.core.worker import WorkerState
+from tests.core.factories import ETA, feed, states, task_event, worker_event
 
 A, B = "a@h", "b@h"
 
@@ -226,3 +227,93 @@ def test_resume_of_a_worker_the_model_does_not_know_and_rollout_lookup() -> None
     f.plan({"p": pool(version="v2")}, cluster, DrainBook(), 5)
     (rollout,) = f.rollouts.values()
     assert f.rollout(rollout.id) is rollout
+
+
+def test_worker_events_that_say_little_and_say_it_twice() -> None:
+    cluster = Cluster()
+    bare = {k: v for k, v in worker_event("online", 5).items()
+            if k not in ("pid", "sw_ver", "sw_ident", "processed", "loadavg")}
+    feed(cluster, [bare])
+    worker = cluster.worker("w1@host")
+    assert worker is not None and (worker.sw_ver, worker.sw_ident, worker.processed, worker.loadavg) == (None,) * 4
+    # the clock going backwards twice: one collision, said once
+    _, notices = feed(cluster, [dict(bare, type="worker-heartbeat", clock=3), dict(bare, type="worker-heartbeat", clock=2)])
+    assert [n.kind for n in notices] == ["hostname-collision"]
+    # worker-offline twice, from a process of unknown pid: said once, no pid to remember
+    _, notices = feed(cluster, [dict(bare, type="worker-offline", clock=6), dict(bare, type="worker-offline", clock=7)])
+    assert [n.kind for n in notices] == ["worker-offline"] and worker.offline_pids == set()
+
+
+def test_a_newer_task_received_for_a_running_task_leaves_it_running() -> None:
+    cluster = Cluster()
+    feed(cluster, [worker_event("online", 1), task_event("started", "a", 3), task_event("received", "a", 4, eta=ETA)])
+    assert states(cluster) == {"a": "running"}
+
+
+def test_an_active_mismatch_on_a_worker_with_task_events_asks_for_a_reconcile_only() -> None:
+    cluster = Cluster(reconcile_min_interval_s=0)
+    feed(cluster, [worker_event("online", 1), task_event("received", "a", 2)], now=0)
+    commands, _ = feed(cluster, [worker_event("heartbeat", 3, active=1), worker_event("heartbeat", 4, active=1)], now=1)
+    assert commands == [Reconcile("w1@host", "heartbeat-active-mismatch")]
+
+
+def test_a_managed_drain_outlives_the_models_memory_of_its_worker() -> None:
+    cluster = two_workers()
+    feed(cluster, [task_event("started", "t", 2, host=A, pid=1)])
+    book = DrainBook()
+    drain, _ = book.start(cluster, A, 0, policy=DrainPolicy(), managed=True)
+    book.cancel_replied(A, {"q": True}, 1)
+    cluster.forget(A)
+    assert book.evaluate(cluster, 2) == ([], [])  # the runtime says when it exits
+    assert drain.active and drain.held == ("t",)
+    book.exited(cluster, A, 1, False, 3)
+    assert drain.outcome is Outcome.LOST and drain.lost_tasks == ("t",)  # what it held when last seen
+    # a drain called off for a worker the model forgot: the worker is asked to consume again all the same
+    other = two_workers()
+    book.start(other, B, 4, policy=DrainPolicy(), managed=True)
+    other.forget(B)
+    assert book.cancel(other, B, 5, "called off") == [AddConsumers(B, ("q",))] and other.worker(B) is None
+
+
+def test_lowering_replicas_leaves_a_drain_under_way_alone() -> None:
+    f = fleet()
+    cluster = Cluster()
+    hosts = ready_pool(f, cluster, pool(replicas=2, cap=3))
+    book = DrainBook()
+    book.start(cluster, hosts[1], 5, policy=DrainPolicy(), managed=True)
+    commands, _ = f.plan({"p": pool(replicas=1, cap=2)}, cluster, book, 6)
+    assert not any(isinstance(c, JournalCancel) for c in commands) and hosts[1] not in f.cancelled
+
+
+@pytest.mark.parametrize("old_worker", ["silent", "gone"])
+def test_an_old_worker_whose_task_list_is_unknown(old_worker: str) -> None:
+    f = fleet()
+    cluster = Cluster()
+    (old,) = ready_pool(f, cluster, pool())
+    f.members[old].registered = None  # as after a controller restart
+    if old_worker == "gone":
+        cluster.forget(old)
+    else:
+        cluster.workers[old].state = WorkerState.SILENT
+    v2 = pool(version="v2")
+    commands, _ = f.plan({"p": v2}, cluster, DrainBook(), 5)
+    new = next(c.hostname for c in commands if isinstance(c, StartWorker))
+    feed(cluster, [worker_event("online", 1, host=new, pid=99)], now=5)
+    cluster.set_queues(new, ("q",))
+    f.registered(new, ["t"], 5)
+    commands, _ = f.plan({"p": v2}, cluster, DrainBook(), 10)
+    if old_worker == "gone":
+        assert f.members[new].ready_at == 10  # nothing left to compare with
+    else:
+        # a silent worker is not asked (it would not answer), but its list is awaited: the gate waits
+        assert f.members[new].ready_at is None and QueryRegistered(old) not in commands
+
+
+def test_a_rollout_is_found_by_its_id_among_others() -> None:
+    f = fleet()
+    cluster = Cluster()
+    ready_pool(f, cluster, pool())
+    f.plan({"p": pool(version="v2")}, cluster, DrainBook(), 5)
+    f.plan({"p": pool(version="v3")}, cluster, DrainBook(), 6)  # supersedes: one in history, one under way
+    (first,) = f.history
+    assert f.rollout(first.id) is first and f.rollout("nope") is None

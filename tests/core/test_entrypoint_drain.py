@@ -12,8 +12,8 @@ from drainctl.core.entrypoint_drain import (
     held,
     worker_command,
 )
-from drainctl.core.model import Task, Worker, WorkerState
 from drainctl.core.snapshot import TaskState
+from drainctl.core.worker import Task, Worker, WorkerState
 
 HOST = "box.example.com"
 

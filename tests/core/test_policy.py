@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drainctl.core.drain import DrainPolicy
-from drainctl.core.policy import PolicyOverrides
+from drainctl.core.policy import DrainPolicy, PolicyOverrides
 
 POOL = DrainPolicy(deadline_s=3600, on_deadline="escalate", retire_grace_s=7, stop_timeout_s=45, retry_s=2)
 NO_DEADLINE = DrainPolicy(retire_grace_s=7, stop_timeout_s=45)

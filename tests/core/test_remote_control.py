@@ -9,9 +9,13 @@ import pytest
 
 from drainctl.core.commands import CancelConsumers, Reconcile, StartWorker, StopWorker
 from drainctl.core.drain import DrainBook, DrainPolicy, DrainRefused
-from drainctl.core.model import MAX_UNANSWERED_KEPT, REMOTE_CONTROL_CHECK, Cluster, Notice, WorkerState
-from drainctl.core.rollout import STOP_RETRY_S, Fleet, PoolTarget
+from drainctl.core.members import STOP_RETRY_S
+from drainctl.core.model import Cluster
+from drainctl.core.notices import Notice
+from drainctl.core.remote_control import MAX_UNANSWERED_KEPT, REMOTE_CONTROL_CHECK
+from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.core.snapshot import WorkerSnapshot
+from drainctl.core.worker import WorkerState
 from tests.core.factories import feed, worker_event
 
 A, B = "a@h", "b@h"
