@@ -26,7 +26,12 @@ Helpers
 -------
 :func:`rabbitmqctl` runs ``rabbitmqctl`` and returns its output; ``tests.helpers`` has
 ``wait_until`` (poll a predicate with a deadline) and ``read_records`` (read what ``taskapp.sleep``
-recorded into a worker's ``record_dir``).
+recorded into a worker's ``record_dir``). What several test modules share lives in helper modules,
+never in a test module (``tests/test_suite_layout.py`` checks): ``controllers`` (a real Controller in
+a test: ``synced``, ``controller_with_runtime``, ``stop_workers``, ``held``, ``connection_pids``),
+``pools`` (a pool "p" and its config file: ``PoolHarness``, ``running``, ``pool_at``, ``ConsumerLog``),
+``tasks`` (``send``, ``sender_app``, ``worker_spec``), ``docker_support``, ``private_rabbit`` and
+``private_dockerd``.
 """
 
 from __future__ import annotations

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from celery import Celery
 
 from drainctl.core.drain import Phase
 from tests.helpers import read_records
 from tests.integration.controllers import stop_workers
+from tests.integration.pools import PoolHarness, pool_at, running
 from tests.integration.private_rabbit import PrivateRabbit
-from tests.integration.test_rollout import PoolHarness, pool_at, running
+from tests.integration.tasks import sender_app
 
 pytestmark = pytest.mark.anyio
 
@@ -37,23 +37,6 @@ TEST_BUDGET_S = 120
 def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbit]:
     with PrivateRabbit(tmp_path_factory.mktemp("private-rabbit")) as rabbit:
         yield rabbit
-
-
-def sender_app(broker_url: str) -> Celery:
-    """A Celery app of its own for publishing to the private node (the ``celery_app`` fixture is
-    bound to the shared broker and is left alone). Publisher confirms; retries bounded."""
-    app = Celery("chaos-sender", set_as_current=False)
-    app.conf.update(
-        broker_url=broker_url,
-        broker_transport_options={"confirm_publish": True},
-        broker_connection_timeout=2,
-        broker_connection_retry=False,
-        task_serializer="json",
-        accept_content=["json"],
-        task_publish_retry=True,
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1.0},
-    )
-    return app
 
 
 async def test_rollout_survives_a_broker_restart(private_rabbit: PrivateRabbit, tmp_path: Path) -> None:

@@ -37,8 +37,9 @@ from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records
 from tests.integration.controllers import synced
 from tests.integration.docker_support import IMAGE, host_binds
+from tests.integration.pools import ConsumerLog, PoolHarness, toml_list
 from tests.integration.private_dockerd import PrivateDockerd, PrivateDockerdError
-from tests.integration.test_rollout import ConsumerLog, PoolHarness, _toml_list, send
+from tests.integration.tasks import send
 
 pytestmark = pytest.mark.anyio
 
@@ -98,7 +99,7 @@ async def test_rollout_survives_a_docker_engine_restart(
     def write(version: str) -> None:
         harness.write(version)
         text = harness.path.read_text().replace("replicas = 3", f"replicas = {REPLICAS}")
-        text += f'runtime = "docker"\nimage = "{IMAGE}"\nbinds = {_toml_list(binds)}\n'
+        text += f'runtime = "docker"\nimage = "{IMAGE}"\nbinds = {toml_list(binds)}\n'
         text += f'\n[docker]\nhost = "{engine.host}"\n'
         harness.path.write_text(text)
 
