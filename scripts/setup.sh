@@ -108,7 +108,7 @@ if ! bash "$ROOT/scripts/dockerd.sh"; then
     log "WARNING: no Docker engine: the docker runtime tests cannot run"
 fi
 
-# --- Further tools some tests need (Prometheus, docker-compose, ...) ----------
+# --- Further tools some tests need (Prometheus, docker-compose, systemd-analyze) -
 for extra in "$ROOT"/scripts/setup.d/*.sh; do
     [ -e "$extra" ] || continue
     bash "$extra"
