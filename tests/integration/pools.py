@@ -100,9 +100,10 @@ async def running(harness: PoolHarness) -> AsyncIterator[Controller]:
         await stop_workers(harness.state_dir, harness.controller_id)
 
 
-def pool_at(ctl: Controller, version: str) -> bool:
+def pool_at(ctl: Controller, version: str, replicas: int = 3) -> bool:
+    """Pool "p" has settled at `version`: `replicas` ready members of it, no rollout and no drain under way."""
     members = ctl.fleet.of_pool("p")
-    return (len(members) == 3 and all(m.version == version and m.ready_at is not None for m in members)
+    return (len(members) == replicas and all(m.version == version and m.ready_at is not None for m in members)
             and not ctl.fleet.rollouts and not ctl.drains.active)
 
 

@@ -155,19 +155,14 @@ async def test_rollout_on_the_docker_runtime(
     ctl = Controller(harness.settings(), broker_url, runtime=ProcessRuntime(harness.state_dir, harness.controller_id),
                      runtimes={"docker": docker_runtime}, config_path=harness.path)
 
-    def at(version: str) -> bool:
-        members = ctl.fleet.of_pool("p")
-        return (len(members) == replicas and all(m.version == version and m.ready_at is not None for m in members)
-                and not ctl.fleet.rollouts and not ctl.drains.active)
-
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(ctl.run)
-            await ctl.wait_for(lambda: at("v1"), 120)
+            await ctl.wait_for(lambda: pool_at(ctl, "v1", replicas), 120)
             tasks = [await send(celery_app, harness.queue, 1.0) for _ in range(4)]
             write("v2")
             await ctl.reload("test")
-            await ctl.wait_for(lambda: at("v2") and bool(ctl.fleet.history), 150)
+            await ctl.wait_for(lambda: pool_at(ctl, "v2", replicas) and bool(ctl.fleet.history), 150)
             assert ctl.fleet.history[-1].outcome == "succeeded"
             assert ctl.drains.outcomes["retired"] == replicas
             if stubborn:
