@@ -6,9 +6,10 @@ from DRAINCTL_API_TOKEN). `entrypoint` runs a worker command as a child and drai
 controller (docs/entrypoint.md).
 
 Exit codes (`entrypoint` exits with its worker's): 0 ok; 1 the operation failed (a drain ended `lost` or
-`cancelled`, the API is unreachable); 2 bad input (options, config, token; an HTTP 400, 401, 403 or 404);
-3 refused (e.g. the drain would leave a queue without a consumer); 4 gave up: the time ran out
-(`drain --timeout`) while the drain was still under way (`--wait`) or still refused temporarily.
+`cancelled`, the API is unreachable); 2 bad input (options, config, token: the API answered the command's
+request with 400, 401, 403 or 404); 3 refused (e.g. the drain would leave a queue without a consumer);
+4 gave up: the time ran out (`drain --timeout`) while the drain was still under way (`--wait`) or still
+refused temporarily.
 `drainctl drain` retries a refusal the API calls temporary until `--timeout` (default 30 s), see `drain`.
 """
 
@@ -200,7 +201,7 @@ def status(url: str, as_json: bool) -> None:
     try:
         document = _get_json(url.rstrip("/") + "/status")
     except ApiError as exc:
-        _die(exc, EXIT_FAILED)
+        _fail(exc)
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
@@ -352,6 +353,8 @@ def _wait_for_end(base: str, document: dict[str, Any], as_json: bool, give_up_at
         try:
             document = _request(f"{path}?wait={wait_s:.3f}", timeout=30)["drain"]
         except ApiError as exc:
+            # The drain was accepted: whatever goes wrong now (even a 404, a restarted controller that
+            # no longer knows it) is a failure of the operation, not bad input.
             _die(exc, EXIT_FAILED)
     return document
 
