@@ -23,15 +23,17 @@ RUN groupadd --system --gid 10001 drainctl \
     && useradd --system --uid 10001 --gid drainctl --home-dir /var/lib/drainctl --no-create-home \
         --shell /usr/sbin/nologin drainctl
 WORKDIR /src
-# Only what the package build needs (.dockerignore keeps the venvs, state and caches out).
+# Only what the package build needs (.dockerignore keeps the venvs, state and caches out). Each stage
+# below installs it with the extras it needs, then removes the sources.
 COPY pyproject.toml README.md ./
 COPY drainctl ./drainctl
-RUN pip install . && rm -rf /src
 WORKDIR /app
 
-# The example workers: Celery (a dependency of drainctl) plus examples/demo_app.py. drainctl's
-# docker runtime sets the container's command, and this stage has no ENTRYPOINT to prepend to it.
+# The example workers: drainctl with its `celery` extra (Celery itself; `drainctl entrypoint` too) plus
+# examples/demo_app.py. drainctl's docker runtime sets the container's command, and this stage has no
+# ENTRYPOINT to prepend to it.
 FROM base AS worker
+RUN pip install '/src[celery]' && rm -rf /src
 # examples/ is a namespace package: `celery -A examples.demo_app` with PYTHONPATH=/app.
 # examples/send_load.py publishes test tasks (compose/README.md).
 COPY examples/demo_app.py examples/send_load.py /app/examples/
@@ -41,6 +43,8 @@ CMD ["celery", "--version"]
 
 # The controller (the default target).
 FROM base AS drainctl
+# The controller speaks Celery's wire protocol: it needs no Celery.
+RUN pip install /src && rm -rf /src
 # state_dir: the journal (journal.sqlite) and, for the process runtime, the workers' state files and logs.
 RUN install -d -o drainctl -g drainctl -m 0750 /var/lib/drainctl /etc/drainctl
 VOLUME ["/var/lib/drainctl"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import resource
 import socket
@@ -362,13 +363,9 @@ async def fill(url: str, stream: list[WireMessage], contenders: list[str], max_l
                 await broker.declare_event_topology(channel, spec)
                 queue = await channel.declare_queue(spec.name, passive=True)
             else:
-                # The same queue type and arguments as drainctl's, so the broker side costs the same.
-                queue = await channel.declare_queue(QUEUES[name], durable=True, arguments={
-                    "x-expires": spec.expires_s * 1000,
-                    "x-max-length": spec.max_length,
-                    "x-overflow": "drop-head",
-                })
-                await queue.bind(exchange, routing_key="#")
+                # The same queue type and arguments as drainctl's (its dead-letter exchange aside), so the
+                # broker side costs the same.
+                queue = await broker.declare_event_queue(channel, dataclasses.replace(spec, name=QUEUES[name]))
             await queue.purge()
             queues[name] = queue
         started = time.perf_counter()

@@ -24,7 +24,7 @@ import aiormq.abc
 import anyio
 import anyio.lowlevel
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
 from drainctl.core.events import Decoded, decode_message
 from drainctl.errors import BrokerError, BrokerUnavailableError, ControlError, TopologyError
@@ -81,10 +81,38 @@ BatchHandler = Callable[[EventBatch, int], Awaitable[None]]
 DroppedHandler = Callable[[int], Awaitable[None]]
 
 
+async def declare_event_queue(
+    channel: AbstractChannel,
+    spec: EventQueueSpec,
+    *,
+    routing_keys: Sequence[str] = ("#",),
+    dead_letter_exchange: str | None = None,
+) -> AbstractQueue:
+    """`celeryev` (Celery's flags) and a durable named queue bound to it with `routing_keys`.
+
+    The queue expires `spec.expires_s` after its last consumer is gone and holds at most `spec.max_length`
+    messages, dropping the oldest: into `dead_letter_exchange` (routing key: the queue's name) if given.
+    Every declarer of a queue must pass the same arguments, or RabbitMQ refuses (PRECONDITION_FAILED):
+    this is the one place they are written.
+    """
+    events = await channel.declare_exchange(EVENT_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    arguments: dict[str, Any] = {
+        "x-expires": spec.expires_s * 1000,
+        "x-max-length": spec.max_length,
+        "x-overflow": "drop-head",
+    }
+    if dead_letter_exchange is not None:
+        arguments["x-dead-letter-exchange"] = dead_letter_exchange
+        arguments["x-dead-letter-routing-key"] = spec.name
+    queue = await channel.declare_queue(spec.name, durable=True, arguments=arguments)
+    for key in routing_keys:
+        await queue.bind(events, routing_key=key)
+    return queue
+
+
 async def declare_event_topology(channel: AbstractChannel, spec: EventQueueSpec) -> None:
-    """Durable named queue bound to `celeryev` with `#`; overflow drops the oldest into a counted dead-letter queue."""
+    """The controller's event queue: every event (`#`); overflow drops the oldest into a counted dead-letter queue."""
     try:
-        events = await channel.declare_exchange(EVENT_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
         dropped = await channel.declare_exchange(DROPPED_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
         dead = await channel.declare_queue(
             spec.dropped_queue,
@@ -92,18 +120,7 @@ async def declare_event_topology(channel: AbstractChannel, spec: EventQueueSpec)
             arguments={"x-expires": spec.expires_s * 1000, "x-max-length": 10_000, "x-overflow": "drop-head"},
         )
         await dead.bind(dropped, routing_key=spec.name)
-        queue = await channel.declare_queue(
-            spec.name,
-            durable=True,
-            arguments={
-                "x-expires": spec.expires_s * 1000,
-                "x-max-length": spec.max_length,
-                "x-overflow": "drop-head",
-                "x-dead-letter-exchange": DROPPED_EXCHANGE,
-                "x-dead-letter-routing-key": spec.name,
-            },
-        )
-        await queue.bind(events, routing_key="#")
+        await declare_event_queue(channel, spec, dead_letter_exchange=DROPPED_EXCHANGE)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise TopologyError(
             f"queue {spec.name!r} or exchange exists with other settings ({exc}); delete the queue "

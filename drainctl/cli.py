@@ -1,8 +1,15 @@
-"""Command line: `drainctl run | status | drain | rollout | rollback | entrypoint`.
+"""Command line: `drainctl run | status | drain | rollout | rollout status | rollback | entrypoint`.
 
-Exit codes: 0 ok; 1 the operation failed (a drain ended `lost` or `cancelled`, the API is unreachable);
-2 bad input; 3 refused (e.g. the drain would leave a queue without a consumer); 4 gave up: the time ran
-out (`drain --timeout`) while the drain was still under way (`--wait`) or still refused temporarily.
+`run` is the controller. `status`, `drain`, `rollout` (re-read the config file, as SIGHUP does),
+`rollout status` and `rollback` are clients of its HTTP API (`--url`; the token of the POST endpoints comes
+from DRAINCTL_API_TOKEN). `entrypoint` runs a worker command as a child and drains it on SIGTERM, without a
+controller (docs/entrypoint.md).
+
+Exit codes (`entrypoint` exits with its worker's): 0 ok; 1 the operation failed (a drain ended `lost` or
+`cancelled`, the API is unreachable); 2 bad input (options, config, token: the API answered the command's
+request with 400, 401, 403 or 404); 3 refused (e.g. the drain would leave a queue without a consumer);
+4 gave up: the time ran out (`drain --timeout`) while the drain was still under way (`--wait`) or still
+refused temporarily.
 `drainctl drain` retries a refusal the API calls temporary until `--timeout` (default 30 s), see `drain`.
 """
 
@@ -10,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -17,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import click
@@ -28,6 +36,20 @@ from drainctl.errors import ApiError, ConfigError, DrainctlError
 from drainctl.redact import redact_text
 
 DEFAULT_URL = "http://127.0.0.1:9540"
+
+# Exit codes: the module docstring says when each is used.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
+EXIT_GAVE_UP = 4
+# HTTP statuses of the API that mean the request itself was wrong (body, token, path).
+BAD_INPUT_STATUSES = frozenset({400, 401, 403, 404})
+
+
+def _die(message: object, code: int) -> NoReturn:
+    click.echo(f"drainctl: {message}", err=True)
+    sys.exit(code)
 
 
 @click.group()
@@ -67,15 +89,13 @@ def run(config_path: Path | None, broker_url: str | None, http_listen: str | Non
         if any(p.runtime == "docker" for p in settings.pool):
             settings.docker_host()  # a bad DOCKER_HOST is a configuration error, reported before anything starts
     except (ConfigError, ValueError) as exc:
-        click.echo(f"drainctl: {exc}", err=True)
-        sys.exit(2)
+        _die(exc, EXIT_BAD_INPUT)
     try:
         anyio.run(_serve, settings, file_settings, url, config_path)
     except KeyboardInterrupt:
         pass
     except DrainctlError as exc:
-        click.echo(f"drainctl: {exc}", err=True)
-        sys.exit(1)
+        _die(exc, EXIT_FAILED)
 
 
 def _hide_secrets_from_argv() -> None:
@@ -181,8 +201,7 @@ def status(url: str, as_json: bool) -> None:
     try:
         document = _get_json(url.rstrip("/") + "/status")
     except ApiError as exc:
-        click.echo(f"drainctl: {exc}", err=True)
-        sys.exit(1)
+        _fail(exc)
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
@@ -264,12 +283,9 @@ def drain(hostname: str, wait: bool, deadline_s: float | None, on_deadline: str 
 
     The API token comes from DRAINCTL_API_TOKEN.
     """
-    import os
-
     base = url.rstrip("/")
     started = time.monotonic()
-    body: dict[str, Any] = {"hostname": hostname, "force": force,
-                            "requested_by": f"cli:{os.environ.get('USER', 'unknown')}"[:100]}
+    body: dict[str, Any] = {"hostname": hostname, "force": force, "requested_by": _requested_by()}
     if on_deadline is not None:  # unset: the pool's (the controller knows it)
         body["on_deadline"] = on_deadline
     limit = deadline_s if deadline_s is not None else TEMPORARY_RETRY_S
@@ -284,20 +300,19 @@ def drain(hostname: str, wait: bool, deadline_s: float | None, on_deadline: str 
         click.echo(f"{hostname}: {document['outcome']} after {document['duration_s']:.1f}s — {document['detail']}")
     if document["phase"] != "done":
         if wait:
-            click.echo(f"drainctl: gave up waiting after {time.monotonic() - started:.1f}s (--timeout {deadline_s:g}):"
-                       f" the drain of {hostname} goes on ({document['phase']}); follow it with `drainctl status` "
-                       "or GET /drains/HOSTNAME", err=True)
-            sys.exit(4)
-        sys.exit(0)
-    sys.exit(0 if document["outcome"] in SUCCESS_OUTCOMES else 1)
+            _die(f"gave up waiting after {time.monotonic() - started:.1f}s (--timeout {deadline_s:g}): the drain "
+                 f"of {hostname} goes on ({document['phase']}); follow it with `drainctl status` or "
+                 "GET /drains/HOSTNAME", EXIT_GAVE_UP)
+        sys.exit(EXIT_OK)
+    sys.exit(EXIT_OK if document["outcome"] in SUCCESS_OUTCOMES else EXIT_FAILED)
 
 
 def _start_drain(base: str, body: dict[str, Any], deadline_s: float | None, started: float,
                  give_up_at: float) -> dict[str, Any]:
     """POST /drain, asking again after a temporary refusal until `give_up_at` (then exit 4).
 
-    Any other refusal or error ends the command (3 refused, 2 bad input or token, 1 otherwise). A deadline
-    counts from the command's start: each attempt asks for what is left of it.
+    Any other refusal or error ends the command (`_fail`). A deadline counts from the command's start:
+    each attempt asks for what is left of it.
     """
     said, said_at = "", -RETRY_REPORT_EVERY_S
     while True:
@@ -306,20 +321,15 @@ def _start_drain(base: str, body: dict[str, Any], deadline_s: float | None, star
         try:
             document: dict[str, Any] = _request(f"{base}/drain", body=body, token=_token())["drain"]
             return document
-        except HttpError as exc:
-            if exc.status != 409 or exc.body.get("temporary") is not True:
-                click.echo(f"drainctl: {exc}", err=True)
-                sys.exit(3 if exc.status == 409 else 2 if exc.status in (400, 401, 403) else 1)
-            reason = str(exc.body.get("error"))
         except ApiError as exc:
-            click.echo(f"drainctl: {exc}", err=True)
-            sys.exit(1)
+            if not (isinstance(exc, HttpError) and exc.status == 409 and exc.body.get("temporary") is True):
+                _fail(exc)
+            reason = str(exc.body.get("error"))
         now = time.monotonic()
         left = give_up_at - now
         if left <= 0:
             why = "--timeout" if deadline_s is not None else f"without --timeout, {TEMPORARY_RETRY_S:g}s"
-            click.echo(f"drainctl: gave up after {now - started:.1f}s ({why}): still refused: {reason}", err=True)
-            sys.exit(4)
+            _die(f"gave up after {now - started:.1f}s ({why}): still refused: {reason}", EXIT_GAVE_UP)
         if reason != said or now - said_at >= RETRY_REPORT_EVERY_S:
             click.echo(f"drainctl: refused for now: {reason} — retrying for up to {left:.1f}s", err=True)
             said, said_at = reason, now
@@ -343,21 +353,25 @@ def _wait_for_end(base: str, document: dict[str, Any], as_json: bool, give_up_at
         try:
             document = _request(f"{path}?wait={wait_s:.3f}", timeout=30)["drain"]
         except ApiError as exc:
-            click.echo(f"drainctl: {exc}", err=True)
-            sys.exit(1)
+            # The drain was accepted: whatever goes wrong now (even a 404, a restarted controller that
+            # no longer knows it) is a failure of the operation, not bad input.
+            _die(exc, EXIT_FAILED)
     return document
 
 
 def _token() -> str | None:
-    import os
+    """The bearer token of the API's POST endpoints (the controller reads the same variable first)."""
+    return os.environ.get(config.API_TOKEN_ENV) or None
 
-    return os.environ.get("DRAINCTL_API_TOKEN")
+
+def _requested_by() -> str:
+    return f"cli:{os.environ.get('USER', 'unknown')}"[:100]
 
 
-def _fail(exc: ApiError) -> None:
-    click.echo(f"drainctl: {exc}", err=True)
-    status = exc.status if isinstance(exc, HttpError) else 0
-    sys.exit(3 if status == 409 else 2 if status in (400, 401, 403, 404) else 1)
+def _fail(exc: ApiError) -> NoReturn:
+    """End the command on an API error: 3 refused (409), 2 bad input (`BAD_INPUT_STATUSES`), 1 otherwise."""
+    status = exc.status if isinstance(exc, HttpError) else None
+    _die(exc, EXIT_REFUSED if status == 409 else EXIT_BAD_INPUT if status in BAD_INPUT_STATUSES else EXIT_FAILED)
 
 
 @main.group(invoke_without_command=True)
@@ -375,7 +389,6 @@ def rollout(ctx: click.Context, url: str) -> None:
         result = _request(f"{url.rstrip('/')}/rollout", body={}, token=_token())
     except ApiError as exc:
         _fail(exc)
-        return
     changed = result.get("changed") or []
     click.echo("config reloaded; " + (f"rolling out: {', '.join(changed)}" if changed else "no pool changed"))
     restart_needed = result.get("restart_needed") or []
@@ -425,14 +438,11 @@ def _render_pools(document: dict[str, Any]) -> list[str]:
 @click.pass_obj
 def rollout_status(url: str, watch: bool, as_json: bool) -> None:
     """Per pool: workers replaced / to go, and what each draining worker still waits for."""
-    import time
-
     while True:
         try:
             document = _get_json(url.rstrip("/") + "/status")
         except ApiError as exc:
             _fail(exc)
-            return
         if as_json:
             click.echo(json.dumps({"pools": document.get("pools", [])}, indent=2))
         else:
@@ -450,14 +460,11 @@ def rollout_status(url: str, watch: bool, as_json: bool) -> None:
 @click.option("--url", default=DEFAULT_URL, show_default=True, help="The controller's API.")
 def rollback(pool: str, version: str | None, url: str) -> None:
     """Roll POOL back to its previous version and pin it there until the config changes."""
-    import os
-
-    body = {"pool": pool, "version": version, "requested_by": f"cli:{os.environ.get('USER', 'unknown')}"[:100]}
+    body = {"pool": pool, "version": version, "requested_by": _requested_by()}
     try:
         result = _request(f"{url.rstrip('/')}/rollback", body=body, token=_token())
     except ApiError as exc:
         _fail(exc)
-        return
     click.echo(f"pool {result['pool']} rolling back to {result['version']} (pinned until the config changes)")
 
 
@@ -480,18 +487,14 @@ def entrypoint(broker_url: str | None, grace_s: float | None, reply_timeout_s: f
 
     Other signals pass through; the exit code is the worker's. See docs/entrypoint.md.
     """
-    import os
-
     from drainctl import entrypoint as entry
 
     logs.configure(log_format, log_level)
-    url = broker_url or os.environ.get("DRAINCTL_BROKER_URL")
+    url = broker_url or os.environ.get(config.BROKER_URL_ENV)
     if not url:
-        click.echo("drainctl: no broker URL: set DRAINCTL_BROKER_URL (or --broker)", err=True)
-        sys.exit(2)
+        _die(f"no broker URL: set {config.BROKER_URL_ENV} (or --broker)", EXIT_BAD_INPUT)
     try:
         code = entry.main(command, url, grace_s=grace_s, reply_timeout_s=reply_timeout_s)
     except ValueError as exc:
-        click.echo(f"drainctl: {exc}", err=True)
-        sys.exit(2)
+        _die(exc, EXIT_BAD_INPUT)
     sys.exit(code)

@@ -27,6 +27,9 @@ from drainctl.errors import ConfigError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_HTTP = "127.0.0.1:9540"
+# The secrets' environment variables: each one wins over its file ([broker] url_file, [http] token_file).
+BROKER_URL_ENV = "DRAINCTL_BROKER_URL"
+API_TOKEN_ENV = "DRAINCTL_API_TOKEN"  # noqa: S105 - the name of a variable, not a token
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -238,18 +241,21 @@ class Settings(_Section):
     def pools(self) -> dict[str, PoolSettings]:
         return {p.name: p for p in self.pool}
 
-    def broker_url(self, environ: Mapping[str, str] | None = None) -> str:
+    def _secret(self, environ: Mapping[str, str] | None, variable: str, file: Path | None, key: str) -> str | None:
+        """`variable` if set and not empty, else the stripped text of `file` (`key` names it in errors), else None."""
         env = os.environ if environ is None else environ
-        if env.get("DRAINCTL_BROKER_URL"):
-            return env["DRAINCTL_BROKER_URL"]
-        if self.broker.url_file is not None:
-            try:
-                return self.broker.url_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"{self.source}: [broker] url_file: cannot read {self.broker.url_file}: {exc.strerror}"
-                ) from exc
-        return self.broker.url or DEFAULT_BROKER_URL
+        if env.get(variable):
+            return env[variable]
+        if file is None:
+            return None
+        try:
+            return file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{self.source}: {key}: cannot read {file}: {exc.strerror}") from exc
+
+    def broker_url(self, environ: Mapping[str, str] | None = None) -> str:
+        url = self._secret(environ, BROKER_URL_ENV, self.broker.url_file, "[broker] url_file")
+        return url if url is not None else self.broker.url or DEFAULT_BROKER_URL
 
     def docker_host(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The engine the docker runtime talks to; None leaves the lookup to aiodocker (see the module docstring).
@@ -270,17 +276,10 @@ class Settings(_Section):
         return value
 
     def api_token(self, environ: Mapping[str, str] | None = None) -> str | None:
-        env = os.environ if environ is None else environ
-        if env.get("DRAINCTL_API_TOKEN"):
-            return env["DRAINCTL_API_TOKEN"]
-        if self.http.token_file is not None:
-            try:
-                return self.http.token_file.read_text().strip() or None
-            except OSError as exc:
-                raise ConfigError(
-                    f"{self.source}: [http] token_file: cannot read {self.http.token_file}: {exc.strerror}"
-                ) from exc
-        return self.http.token
+        token = self._secret(environ, API_TOKEN_ENV, self.http.token_file, "[http] token_file")
+        if token is None:
+            return self.http.token
+        return token or None  # an empty token_file: no token (not [http] token)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

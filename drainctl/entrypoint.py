@@ -28,11 +28,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Final
 
-import aio_pika
 import anyio
 import anyio.abc
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.abc import AbstractConnection
 
 from drainctl import broker
 from drainctl.core.commands import Reconcile
@@ -194,7 +193,8 @@ class Entrypoint:
                        started: float) -> None:
         channel = await connection.channel()
         spec = broker.EventQueueSpec(queue_name, QUEUE_EXPIRES_S, QUEUE_MAX_LENGTH, prefetch=1000)
-        await declare_event_queue(channel, spec)
+        # Short-lived (x-expires), and only the keys of worker and task events.
+        await broker.declare_event_queue(channel, spec, routing_keys=EVENT_ROUTING_KEYS)
         await tg.start(broker.consume_events, channel, spec, self._on_batch)
         control = await broker.ControlClient.open(connection, f"entrypoint.{socket.gethostname()}")
         log.info("event queue bound", queue=queue_name, worker=self.hostname)
@@ -270,18 +270,6 @@ class Entrypoint:
                 if any(isinstance(c, Reconcile) for c in commands):
                     self._reconcile_wanted = True
         self._changed.set()
-
-
-async def declare_event_queue(channel: AbstractChannel, spec: broker.EventQueueSpec) -> None:
-    """A durable named queue (x-expires: gone soon after this process) bound with Celery's event keys."""
-    events = await channel.declare_exchange(broker.EVENT_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-    queue = await channel.declare_queue(
-        spec.name,
-        durable=True,
-        arguments={"x-expires": spec.expires_s * 1000, "x-max-length": spec.max_length, "x-overflow": "drop-head"},
-    )
-    for key in EVENT_ROUTING_KEYS:
-        await queue.bind(events, routing_key=key)
 
 
 def _describe(exc: BaseException) -> str:

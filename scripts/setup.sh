@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup of everything drainctl's demo and test suite need, on a fresh
 # Debian machine (as root) or on one that was set up before:
-#   * the project virtualenv .venv with drainctl installed editable plus the dev extras;
+#   * the project virtualenv .venv with drainctl installed editable plus the dev and celery extras;
 #   * a running RabbitMQ with the rabbitmq_event_exchange plugin enabled;
 #   * a running Docker engine and the test image drainctl-test:base (scripts/dockerd.sh).
 # Safe to run from any working directory and any number of times.
@@ -45,8 +45,9 @@ fi
 if [ -f .venv/.stamp ] && [ .venv/.stamp -nt pyproject.toml ]; then
     log "python dependencies up to date"
 else
-    log "installing drainctl (editable) with dev extras"
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+    # celery: drainctl itself never imports it, but the demo's and the tests' workers run it.
+    log "installing drainctl (editable) with the dev and celery extras"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,celery]'
     touch .venv/.stamp
 fi
 
@@ -107,7 +108,7 @@ if ! bash "$ROOT/scripts/dockerd.sh"; then
     log "WARNING: no Docker engine: the docker runtime tests cannot run"
 fi
 
-# --- Further tools some tests need (Prometheus, docker-compose, ...) ----------
+# --- Further tools some tests need (Prometheus, docker-compose, systemd-analyze) -
 for extra in "$ROOT"/scripts/setup.d/*.sh; do
     [ -e "$extra" ] || continue
     bash "$extra"

@@ -4,44 +4,17 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, redirect_stderr
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import aiohttp
 import anyio
 import pytest
 
-from drainctl import config, http, logs
-from drainctl.app import Controller
+from drainctl import config, logs
+from tests.api_server import SECRET, TOKEN, api, closed_port
 
 pytestmark = pytest.mark.anyio
-
-SECRET = "s3cr3t-" + uuid.uuid4().hex
-TOKEN = "token-" + uuid.uuid4().hex
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@asynccontextmanager
-async def api(tmp_path: Path, token: str | None) -> AsyncIterator[str]:
-    settings = config.from_mapping({"controller": {"id": "sec", "state_dir": str(tmp_path)},
-                                    "broker": {"reconnect_max_backoff_s": 0.5}})
-    ctl = Controller(settings, f"amqp://admin:{SECRET}@127.0.0.1:{closed_port()}//")
-    async with anyio.create_task_group() as tg:
-        await tg.start(ctl.run)
-        runner = await http.start(ctl, "127.0.0.1", 0, token)
-        try:
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-        finally:
-            await runner.cleanup()
-            tg.cancel_scope.cancel()
 
 
 async def post(url: str, body: bytes, token: str | None) -> tuple[int, dict[str, object]]:

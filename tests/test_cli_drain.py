@@ -15,7 +15,7 @@ import aiohttp
 import anyio
 import pytest
 
-from tests.test_api_security import TOKEN, api
+from tests.api_server import TOKEN, api
 
 pytestmark = pytest.mark.anyio
 

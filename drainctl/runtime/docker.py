@@ -65,6 +65,8 @@ REQUEST_TIMEOUT_S = 10.0
 _REPORTED_MEMORY = 4096
 
 #: What talking to the engine can raise (aiodocker wraps connection failures as DockerError with status 900).
+#: Where an answer is also read, `except (*_ENGINE_ERRORS, KeyError)` adds a missing field, ValueError a
+#: malformed stream or timestamp.
 _ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError)
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -271,7 +273,7 @@ class DockerRuntime:
         while True:
             try:
                 reason = await self._subscription(on_exit, session, task_status)
-            except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+            except (*_ENGINE_ERRORS, ValueError, KeyError) as exc:
                 if not session.started:
                     raise self._failure("subscribing to the Docker engine's events", exc) from exc
                 reason = f"{type(exc).__name__}: {exc}"
@@ -314,7 +316,7 @@ class DockerRuntime:
                 while (event := await subscriber.get()) is not None:
                     session.since = _event_since(event) or session.since
                     await self._on_die(event, on_exit)
-            except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError, KeyError) as exc:
+            except (*_ENGINE_ERRORS, KeyError) as exc:
                 problem = exc
             tg.cancel_scope.cancel()
         if problem is None and stream_failure:
@@ -326,7 +328,7 @@ class DockerRuntime:
         """Pump the engine's event stream into `events`' channel; the channel gets None when it ends."""
         try:
             await events.run(filters=filters, since=since)
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        except (*_ENGINE_ERRORS, ValueError) as exc:
             failure.append(exc)
 
     async def _on_die(self, event: dict[str, Any], on_exit: ExitHandler) -> None:
@@ -341,7 +343,7 @@ class DockerRuntime:
         try:
             with anyio.fail_after(REQUEST_TIMEOUT_S):
                 state = (await self._client().containers.get(cid))["State"]
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError, KeyError):
+        except (*_ENGINE_ERRORS, KeyError):
             pass
         handle = self._managed.get(cid) or _handle_from_labels(self.name, cid, attributes, self.controller_id)
         await self._report(cid, handle, exit_code, state, on_exit)
@@ -403,7 +405,7 @@ class DockerRuntime:
         except aiodocker.DockerError as exc:
             if exc.status not in (404, 409):  # gone already / removal already in progress
                 log.warning("could not remove exited worker container", container=cid[:12], error=exc.message)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except _ENGINE_ERRORS as exc:  # a DockerError is handled above
             log.warning("could not remove exited worker container", container=cid[:12], error=str(exc))
 
     # ------------------------------------------------------------------ stop / signal

@@ -49,10 +49,9 @@ KILL_WAIT_S = 10.0
 # A worker runs only once its state file exists. A small shell holds the exec until the controller writes a
 # line on its stdin; if the controller dies first, the shell reads EOF and exits without running the worker.
 # So a restarted controller never meets a worker of its own that it cannot adopt. The shell execs the
-# worker in place: same pid, same start time.
+# worker in place: same pid, same start time. Exit code 70: the controller died before recording the
+# worker, which never ran.
 _GATE_SCRIPT = 'read -r _ || exit 70; exec "$@" </dev/null'
-#: The exit code of a worker whose controller died before recording it (the worker never ran).
-GATE_CLOSED_EXIT_CODE = 70
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.@-]+")
 

@@ -26,7 +26,12 @@ Helpers
 -------
 :func:`rabbitmqctl` runs ``rabbitmqctl`` and returns its output; ``tests.helpers`` has
 ``wait_until`` (poll a predicate with a deadline) and ``read_records`` (read what ``taskapp.sleep``
-recorded into a worker's ``record_dir``).
+recorded into a worker's ``record_dir``). What several test modules share lives in helper modules,
+never in a test module (``tests/test_suite_layout.py`` checks): ``controllers`` (a real Controller in
+a test: ``synced``, ``controller_with_runtime``, ``stop_workers``, ``held``, ``connection_pids``),
+``pools`` (a pool "p" and its config file: ``PoolHarness``, ``running``, ``pool_at``, ``ConsumerLog``),
+``tasks`` (``send``, ``sender_app``, ``worker_spec``), ``docker_support``, ``private_rabbit`` and
+``private_dockerd``.
 """
 
 from __future__ import annotations
@@ -299,46 +304,13 @@ class WorkerFactory:
         hostname = host_format(default_nodename(name))
         record_dir = record_dir if record_dir is not None else self.record_dir
         record_dir.mkdir(parents=True, exist_ok=True)
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", hostname)
-        log_path = self.log_dir / f"{len(self.workers):02d}-{safe}.log"
-
-        env = dict(os.environ)
-        env.update(
-            DRAINCTL_TEST_BROKER_URL=broker_url or self.broker_url,
-            TASKAPP_PREFETCH=str(prefetch),
-            TASKAPP_RECORD_DIR=str(record_dir),
-            PYTHONUNBUFFERED="1",
-        )
-        if extra_env:
-            env.update(extra_env)
-
-        cmd = [
-            python, "-m", "celery", "-A", TASKAPP_MODULE, "worker",
-            "-n", name,
-            "-Q", ",".join(queues),
-            "-c", str(concurrency),
-            "-P", pool,
-            "--without-mingle", "--without-gossip",
-            "-l", loglevel,
-        ]  # fmt: skip
-        if events:
-            cmd.append("-E")
-        cmd.extend(extra_args)
-
-        with log_path.open("wb") as log_file:
-            popen = subprocess.Popen(
-                cmd,
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        env = self._environment(broker_url or self.broker_url, prefetch, record_dir, extra_env)
+        cmd = _worker_command(python, name, queues, concurrency, pool, loglevel, events, extra_args)
+        log_path = self._log_path(hostname)
         worker = WorkerProc(
             name=name,
             hostname=hostname,
-            popen=popen,
+            popen=_spawn(cmd, env, log_path),
             log_path=log_path,
             record_dir=record_dir,
             queues=queues,
@@ -348,6 +320,26 @@ class WorkerFactory:
         if wait_ready:
             worker.wait_ready(ready_timeout)
         return worker
+
+    def _log_path(self, hostname: str) -> Path:
+        """A log file of its own for the next worker, numbered in start order."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", hostname)
+        return self.log_dir / f"{len(self.workers):02d}-{safe}.log"
+
+    @staticmethod
+    def _environment(broker_url: str, prefetch: int, record_dir: Path,
+                     extra_env: Mapping[str, str] | None) -> dict[str, str]:
+        """This process's environment plus what ``tests.integration.taskapp`` reads; ``extra_env`` wins."""
+        env = dict(os.environ)
+        env.update(
+            DRAINCTL_TEST_BROKER_URL=broker_url,
+            TASKAPP_PREFETCH=str(prefetch),
+            TASKAPP_RECORD_DIR=str(record_dir),
+            PYTHONUNBUFFERED="1",
+        )
+        if extra_env:
+            env.update(extra_env)
+        return env
 
     def stop_all(self, grace: float = WORKER_STOP_GRACE) -> None:
         """SIGTERM every running worker; SIGKILL the process group of those still up after
@@ -365,6 +357,38 @@ class WorkerFactory:
             # The group id stays taken while any member lives, so this only reaches
             # leftovers of our own worker (if any).
             w._killpg(signal.SIGKILL)
+
+
+def _worker_command(python: str, name: str, queues: Sequence[str], concurrency: int, pool: str, loglevel: str,
+                    events: bool, extra_args: Sequence[str]) -> list[str]:
+    """``python -m celery -A tests.integration.taskapp worker`` with the factory's options."""
+    cmd = [
+        python, "-m", "celery", "-A", TASKAPP_MODULE, "worker",
+        "-n", name,
+        "-Q", ",".join(queues),
+        "-c", str(concurrency),
+        "-P", pool,
+        "--without-mingle", "--without-gossip",
+        "-l", loglevel,
+    ]  # fmt: skip
+    if events:
+        cmd.append("-E")
+    cmd.extend(extra_args)
+    return cmd
+
+
+def _spawn(cmd: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a worker in a session of its own (its group takes the teardown's SIGKILL), output to ``log_path``."""
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 _WORKERS_KEY = pytest.StashKey[WorkerFactory]()

@@ -24,8 +24,9 @@ from celery import Celery
 from drainctl.core.drain import Phase
 from tests.helpers import read_records
 from tests.integration.controllers import stop_workers
+from tests.integration.pools import PoolHarness, pool_at, running
 from tests.integration.private_rabbit import PrivateRabbit
-from tests.integration.test_rollout import PoolHarness, pool_at, running
+from tests.integration.tasks import sender_app
 
 pytestmark = pytest.mark.anyio
 
@@ -39,21 +40,39 @@ def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
         yield rabbit
 
 
-def sender_app(broker_url: str) -> Celery:
-    """A Celery app of its own for publishing to the private node (the ``celery_app`` fixture is
-    bound to the shared broker and is left alone). Publisher confirms; retries bounded."""
-    app = Celery("chaos-sender", set_as_current=False)
-    app.conf.update(
-        broker_url=broker_url,
-        broker_transport_options={"confirm_publish": True},
-        broker_connection_timeout=2,
-        broker_connection_retry=False,
-        task_serializer="json",
-        accept_content=["json"],
-        task_publish_retry=True,
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1.0},
-    )
-    return app
+class ConfirmedLoad:
+    """A light load of short tasks, bounded in count and time, before, during and after the outage.
+
+    `confirmed`: the ids of tasks whose publish the broker confirmed; `unconfirmed`: publishes that raised
+    (during the outage), which may or may not have run."""
+
+    def __init__(self, sender: Celery, queue: str) -> None:
+        self.sender = sender
+        self.queue = queue
+        self.confirmed: list[str] = []
+        self.unconfirmed: list[str] = []
+        self.stop = anyio.Event()
+
+    def _publish(self, i: int) -> str:
+        task_id = f"chaos-{i:04d}-{time.monotonic_ns()}"
+        try:
+            self.sender.send_task("taskapp.sleep", args=(0.5 + (i % 4) * 0.5,), queue=self.queue, task_id=task_id)
+        except Exception:
+            self.unconfirmed.append(task_id)
+            raise
+        return task_id
+
+    async def run(self) -> None:
+        with anyio.move_on_after(90):
+            for i in range(360):
+                if self.stop.is_set():
+                    return
+                try:
+                    with anyio.fail_after(15):
+                        self.confirmed.append(await anyio.to_thread.run_sync(self._publish, i, abandon_on_cancel=True))
+                except Exception:
+                    await anyio.sleep(0.5)  # the broker is down: the publish was not confirmed
+                await anyio.sleep(0.25)
 
 
 async def test_rollout_survives_a_broker_restart(private_rabbit: PrivateRabbit, tmp_path: Path) -> None:
@@ -61,32 +80,9 @@ async def test_rollout_survives_a_broker_restart(private_rabbit: PrivateRabbit, 
     harness = PoolHarness(tmp_path, private_rabbit.url)
     harness.write("v1")
     sender = sender_app(private_rabbit.url)
-    confirmed: list[str] = []
-    unconfirmed: list[str] = []  # publishes that raised (during the outage): may or may not have run
+    load = ConfirmedLoad(sender, harness.queue)
+    confirmed = load.confirmed
     outage: dict[str, float] = {}
-    stop_load = anyio.Event()
-
-    def publish(i: int) -> str:
-        task_id = f"chaos-{i:04d}-{time.monotonic_ns()}"
-        try:
-            sender.send_task("taskapp.sleep", args=(0.5 + (i % 4) * 0.5,), queue=harness.queue, task_id=task_id)
-        except Exception:
-            unconfirmed.append(task_id)
-            raise
-        return task_id
-
-    async def load() -> None:
-        # Light load of short tasks, bounded in count and time, before, during and after the outage.
-        with anyio.move_on_after(90):
-            for i in range(360):
-                if stop_load.is_set():
-                    return
-                try:
-                    with anyio.fail_after(15):
-                        confirmed.append(await anyio.to_thread.run_sync(publish, i, abandon_on_cancel=True))
-                except Exception:
-                    await anyio.sleep(0.5)  # the broker is down: the publish was not confirmed
-                await anyio.sleep(0.25)
 
     try:
         async with running(harness) as ctl:
@@ -94,7 +90,7 @@ async def test_rollout_survives_a_broker_restart(private_rabbit: PrivateRabbit, 
             v1 = {m.hostname for m in ctl.fleet.of_pool("p")}
             connects_before = ctl.stats.connects
             async with anyio.create_task_group() as tg:
-                tg.start_soon(load)
+                tg.start_soon(load.run)
                 await anyio.sleep(2)
                 harness.write("v2")
                 await ctl.reload("test")
@@ -113,7 +109,7 @@ async def test_rollout_survives_a_broker_restart(private_rabbit: PrivateRabbit, 
                 outage["controller_back_s"] = time.monotonic() - began - outage["at_s"]
                 await ctl.wait_for(lambda: pool_at(ctl, "v2") and bool(ctl.fleet.history), 80)
                 await anyio.sleep(1)  # a few tasks after the rollout too
-                stop_load.set()
+                load.stop.set()
             rollout = ctl.fleet.history[-1]
             drain_outcomes = dict(ctl.drains.outcomes)
             members = {m.hostname: m.version for m in ctl.fleet.of_pool("p")}
@@ -133,15 +129,10 @@ async def test_rollout_survives_a_broker_restart(private_rabbit: PrivateRabbit, 
     runs = read_records(harness.records)
     starts = Counter(r["uuid"] for r in runs if r["event"] == "start")
     ends = Counter(r["uuid"] for r in runs if r["event"] == "end")
-    duplicates = {u: n for u, n in starts.items() if n > 1}
-    interrupted = [u for u in starts if ends[u] < starts[u]]
     report = (
         f"chaos report: restart of {private_rabbit.nodename} at {outage['at_s']:.1f}s while draining {draining}; "
         f"node down+up {outage['down_s']:.1f}s, controller reconnected {outage['controller_back_s']:.1f}s after; "
-        f"tasks confirmed={len(confirmed)} unconfirmed={len(unconfirmed)} "
-        f"(of which ran: {sum(1 for u in unconfirmed if u in starts)}); "
-        f"ran twice or more={len(duplicates)} {sorted(duplicates.items())}; "
-        f"started-more-than-ended={len(interrupted)}; drains={ {k: v for k, v in drain_outcomes.items() if v} }; "
+        f"{_tasks_report(load, starts, ends)}; drains={ {k: v for k, v in drain_outcomes.items() if v} }; "
         f"rollout {rollout.from_version}->{rollout.to_version} {rollout.outcome}; "
         f"total {time.monotonic() - began:.1f}s"
     )
@@ -153,3 +144,15 @@ async def test_rollout_survives_a_broker_restart(private_rabbit: PrivateRabbit, 
     missing = [u for u in confirmed if ends[u] == 0]
     assert not missing, f"confirmed tasks that never ran to their end: {missing}\n{report}"
     assert time.monotonic() - began < TEST_BUDGET_S + 30, report
+
+
+def _tasks_report(load: ConfirmedLoad, starts: Counter[str], ends: Counter[str]) -> str:
+    """What became of the load's tasks (duplicates are Celery redelivering unacked messages: reported only)."""
+    duplicates = {u: n for u, n in starts.items() if n > 1}
+    interrupted = [u for u in starts if ends[u] < starts[u]]
+    return (
+        f"tasks confirmed={len(load.confirmed)} unconfirmed={len(load.unconfirmed)} "
+        f"(of which ran: {sum(1 for u in load.unconfirmed if u in starts)}); "
+        f"ran twice or more={len(duplicates)} {sorted(duplicates.items())}; "
+        f"started-more-than-ended={len(interrupted)}"
+    )

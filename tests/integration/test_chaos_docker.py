@@ -20,7 +20,7 @@ import shutil
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,9 @@ from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records
 from tests.integration.controllers import synced
 from tests.integration.docker_support import IMAGE, host_binds
+from tests.integration.pools import ConsumerLog, PoolHarness, pool_at, toml_list
 from tests.integration.private_dockerd import PrivateDockerd, PrivateDockerdError
-from tests.integration.test_rollout import ConsumerLog, PoolHarness, _toml_list, send
+from tests.integration.tasks import send
 
 pytestmark = pytest.mark.anyio
 
@@ -87,37 +88,71 @@ def _running(engine: PrivateDockerd, controller_id: str) -> dict[str, tuple[int,
     return {c["Id"]: (c["State"]["Pid"], c["State"]["StartedAt"]) for c in json.loads(out) if c["State"]["Running"]}
 
 
+def _write_docker_pool(harness: PoolHarness, version: str, engine: PrivateDockerd) -> None:
+    """The harness's config at `version`: REPLICAS containers of the test image on the private engine."""
+    binds = [*host_binds(), f"{harness.records}:{harness.records}:rw"]
+    harness.write(version)
+    text = harness.path.read_text().replace("replicas = 3", f"replicas = {REPLICAS}")
+    text += f'runtime = "docker"\nimage = "{IMAGE}"\nbinds = {toml_list(binds)}\n'
+    text += f'\n[docker]\nhost = "{engine.host}"\n'
+    harness.path.write_text(text)
+
+
+class CapacityWatch:
+    """The most members of pool "p" (the model's view) and running containers (the engine's) seen at once."""
+
+    def __init__(self, ctl: Controller, engine: PrivateDockerd, controller_id: str) -> None:
+        self.ctl = ctl
+        self.engine = engine
+        self.controller_id = controller_id
+        self.peak = {"members": 0, "containers": 0}
+
+    async def run(self) -> None:
+        # The engine does not answer while it restarts: those samples are the model's only.
+        filters = json.dumps({"label": [f"{LABEL_CONTROLLER}={self.controller_id}"], "status": ["running"]})
+        async with aiodocker.Docker(url=self.engine.host) as client:
+            for _ in range(int(TEST_BUDGET_S / 0.25)):
+                self.peak["members"] = max(self.peak["members"], len(self.ctl.fleet.of_pool("p")))
+                try:
+                    with anyio.fail_after(2):
+                        running = len(await client.containers.list(filters=filters))
+                        self.peak["containers"] = max(self.peak["containers"], running)
+                except (aiodocker.DockerError, OSError, TimeoutError):
+                    pass
+                await anyio.sleep(0.25)
+
+
+def _drained_mid_task(ctl: Controller, v1: set[str], long_starts: Iterable[dict[str, Any]]) -> str | None:
+    """A v1 worker whose drain waits for its long task, which still has MARGIN_S or more to run."""
+    for hostname, drain in ctl.drains.active.items():
+        worker = ctl.cluster.worker(hostname)
+        if hostname not in v1 or drain.phase != Phase.WAITING or worker is None or not worker.tasks:
+            continue
+        if any(r["hostname"] == hostname and r["monotonic"] + LONG_S - time.monotonic() >= MARGIN_S
+               for r in long_starts):
+            return hostname
+    return None
+
+
 async def test_rollout_survives_a_docker_engine_restart(
     private_dockerd: PrivateDockerd, broker_url: str, rabbit_vhost: str, celery_app: Celery, tmp_path: Path
 ) -> None:
     began = time.monotonic()
     engine = private_dockerd
     harness = PoolHarness(tmp_path, broker_url)
-    binds = [*host_binds(), f"{harness.records}:{harness.records}:rw"]
 
-    def write(version: str) -> None:
-        harness.write(version)
-        text = harness.path.read_text().replace("replicas = 3", f"replicas = {REPLICAS}")
-        text += f'runtime = "docker"\nimage = "{IMAGE}"\nbinds = {_toml_list(binds)}\n'
-        text += f'\n[docker]\nhost = "{engine.host}"\n'
-        harness.path.write_text(text)
-
-    write("v1")
+    _write_docker_pool(harness, "v1", engine)
     settings = harness.settings()
     assert settings.docker_host() == engine.host
     docker_runtime = DockerRuntime(harness.controller_id, settings.docker_host())
     ctl = Controller(settings, broker_url, runtime=ProcessRuntime(harness.state_dir, harness.controller_id),
                      runtimes={"docker": docker_runtime}, config_path=harness.path)
 
-    def at(version: str) -> bool:
-        members = ctl.fleet.of_pool("p")
-        return (len(members) == REPLICAS and all(m.version == version and m.ready_at is not None for m in members)
-                and not ctl.fleet.rollouts and not ctl.drains.active)
-
     sent: list[str] = []
     long_tasks: list[str] = []
     stop_load = anyio.Event()
-    peak = {"members": 0, "containers": 0}
+    capacity = CapacityWatch(ctl, engine, harness.controller_id)
+    peak = capacity.peak
     seen: dict[str, Any] = {}
 
     async def load() -> None:
@@ -129,47 +164,25 @@ async def test_rollout_survives_a_docker_engine_restart(
                 sent.append(await send(celery_app, harness.queue, 0.2 + (i % 4) * 0.3))
                 await anyio.sleep(0.3)
 
-    async def watch_capacity() -> None:
-        # The cap, from the model and from the engine itself (which does not answer while it restarts).
-        filters = json.dumps({"label": [f"{LABEL_CONTROLLER}={harness.controller_id}"], "status": ["running"]})
-        async with aiodocker.Docker(url=engine.host) as client:
-            for _ in range(int(TEST_BUDGET_S / 0.25)):
-                peak["members"] = max(peak["members"], len(ctl.fleet.of_pool("p")))
-                try:
-                    with anyio.fail_after(2):
-                        peak["containers"] = max(peak["containers"], len(await client.containers.list(filters=filters)))
-                except (aiodocker.DockerError, OSError, TimeoutError):
-                    pass
-                await anyio.sleep(0.25)
-
     def long_starts() -> dict[str, dict[str, Any]]:
         return {r["uuid"]: r for r in read_records(harness.records) if r["event"] == "start" and r["uuid"] in long_tasks}
 
     def drained_mid_task(v1: set[str]) -> str | None:
-        """A v1 worker whose drain waits for its long task, which still has MARGIN_S or more to run."""
-        starts = long_starts().values()
-        for hostname, drain in ctl.drains.active.items():
-            worker = ctl.cluster.worker(hostname)
-            if hostname not in v1 or drain.phase != Phase.WAITING or worker is None or not worker.tasks:
-                continue
-            if any(r["hostname"] == hostname and r["monotonic"] + LONG_S - time.monotonic() >= MARGIN_S
-                   for r in starts):
-                return hostname
-        return None
+        return _drained_mid_task(ctl, v1, long_starts().values())
 
     try:
         async with synced(ctl):
-            await ctl.wait_for(lambda: at("v1"), 60)
+            await ctl.wait_for(lambda: pool_at(ctl, "v1", REPLICAS), 60)
             v1 = {m.hostname for m in ctl.fleet.of_pool("p")}
             consumers = ConsumerLog(urllib.parse.unquote(rabbit_vhost), harness.queue)
             async with anyio.create_task_group() as tg:
                 await tg.start(consumers.run)
-                tg.start_soon(watch_capacity)
+                tg.start_soon(capacity.run)
                 # One long task per idle v1 worker (prefetch 1: RabbitMQ hands them out one per consumer).
                 long_tasks.extend([await send(celery_app, harness.queue, LONG_S) for _ in v1])
                 await ctl.wait_for(lambda: {r["hostname"] for r in long_starts().values()} == v1, 15)
                 tg.start_soon(load)
-                write("v2")
+                _write_docker_pool(harness, "v2", engine)
                 await ctl.reload("test")
                 await ctl.wait_for(lambda: drained_mid_task(v1) is not None, LONG_S - MARGIN_S)
                 drained = drained_mid_task(v1)
@@ -187,7 +200,7 @@ async def test_rollout_survives_a_docker_engine_restart(
                 # The drained container's exit is seen on the new stream, once its long task is done.
                 await ctl.wait_for(lambda: drained not in ctl.drains.active, LONG_S + 15)
                 retired = ctl.drains.get(drained)
-                await ctl.wait_for(lambda: at("v2") and bool(ctl.fleet.history), 60)
+                await ctl.wait_for(lambda: pool_at(ctl, "v2", REPLICAS) and bool(ctl.fleet.history), 60)
                 await anyio.sleep(1)  # a few tasks after the rollout too
                 stop_load.set()
 

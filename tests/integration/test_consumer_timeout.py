@@ -30,10 +30,9 @@ from drainctl.core.drain import Outcome
 from drainctl.core.snapshot import TaskState
 from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records
-from tests.integration.controllers import synced
+from tests.integration.controllers import held, synced
 from tests.integration.private_rabbit import PrivateRabbit
-from tests.integration.test_chaos_broker import sender_app
-from tests.integration.test_drain import held, worker_spec
+from tests.integration.tasks import sender_app, worker_spec
 
 pytestmark = pytest.mark.anyio
 

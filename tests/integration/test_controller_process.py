@@ -21,7 +21,8 @@ from celery import Celery
 from tests.helpers import read_records, wait_until
 from tests.integration.conftest import REPO_ROOT
 from tests.integration.controllers import stop_workers
-from tests.integration.test_rollout import WORKER, PoolHarness, send
+from tests.integration.pools import WORKER, PoolHarness
+from tests.integration.tasks import send
 
 TOKEN = "controller-test-token"
 

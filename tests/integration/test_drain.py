@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,17 +17,13 @@ import orjson
 import pytest
 from celery import Celery
 
-from drainctl import config, http
-from drainctl.app import Controller
+from drainctl import http
 from drainctl.core.drain import DrainRefused, Outcome
 from drainctl.core.snapshot import TaskState
-from drainctl.runtime.base import LABEL_CONTROLLER, WorkerRuntime, WorkerSpec
-from drainctl.runtime.docker import DockerRuntime
-from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records
 from tests.integration.conftest import REPO_ROOT
-from tests.integration.controllers import synced
-from tests.integration.docker_support import IMAGE, docker, host_binds
+from tests.integration.controllers import TOKEN, controller_with_runtime, held
+from tests.integration.tasks import send, worker_spec
 
 pytestmark = pytest.mark.anyio
 
@@ -38,61 +31,6 @@ CELERY_PYTHONS = {
     "celery-current": sys.executable,
     "celery-5.4": str(REPO_ROOT / ".venv-celery54" / "bin" / "python"),
 }
-TOKEN = "test-token-" + uuid.uuid4().hex
-
-
-@asynccontextmanager
-async def controller_with_runtime(
-    broker_url: str, state_dir: Path, runtime: str = "process", **controller: Any
-) -> AsyncIterator[Controller]:
-    controller_id = f"drain-{uuid.uuid4().hex[:8]}"
-    settings = config.from_mapping({
-        "controller": {"id": controller_id, "state_dir": str(state_dir), **controller},
-        "broker": {"reply_timeout_s": 1.0, "reconnect_max_backoff_s": 1.0},
-        "events": {"queue_expires_s": 120},
-    })
-    rt: WorkerRuntime = (
-        DockerRuntime(controller_id) if runtime == "docker" else ProcessRuntime(state_dir, controller_id)
-    )
-    ctl = Controller(settings, broker_url, runtime=rt)
-    try:
-        async with synced(ctl):
-            yield ctl
-    finally:
-        if isinstance(rt, DockerRuntime):
-            await rt.aclose()
-            listed = docker("ps", "-aq", "--filter", f"label={LABEL_CONTROLLER}={controller_id}")
-            if listed.stdout.split():
-                docker("rm", "-f", *listed.stdout.split())
-
-
-def worker_spec(name: str, queue: str, broker_url: str, record_dir: Path, *, python: str = sys.executable,
-                prefetch: int = 2, runtime: str = "process") -> WorkerSpec:
-    hostname = f"{name}@{socket.gethostname()}"
-    docker_only: dict[str, Any] = {}
-    if runtime == "docker":
-        docker_only = {"image": IMAGE, "binds": (*host_binds(), f"{record_dir}:{record_dir}:rw")}
-    return WorkerSpec(
-        hostname=hostname, pool="test", version="v1", queues=(queue,),
-        command=(python, "-m", "celery", "-A", "tests.integration.taskapp", "worker", "-n", hostname, "-Q", queue,
-                 "-c", "1", "-E", "--without-mingle", "--without-gossip", "-l", "INFO"),
-        env={"DRAINCTL_TEST_BROKER_URL": broker_url, "TASKAPP_PREFETCH": str(prefetch),
-             "TASKAPP_RECORD_DIR": str(record_dir), "PYTHONUNBUFFERED": "1",
-             "PYTHONPATH": str(REPO_ROOT)},
-        cwd=str(REPO_ROOT), stop_timeout_s=30, **docker_only,
-    )
-
-
-async def send(app: Celery, queue: str, seconds: float, *, countdown: float | None = None) -> str:
-    from tests.integration.taskapp import sleep
-
-    result = await anyio.to_thread.run_sync(partial(sleep.apply_async, (seconds,), queue=queue, countdown=countdown))
-    return str(result.id)
-
-
-def held(ctl: Controller, host: str, state: TaskState) -> set[str]:
-    worker = ctl.cluster.worker(host)
-    return set(worker.task_ids(state)) if worker else set()
 
 
 @pytest.mark.parametrize(

@@ -31,8 +31,9 @@ from drainctl.core.drain import Outcome
 from drainctl.core.snapshot import TaskState
 from tests.helpers import read_records, wait_until
 from tests.integration.conftest import REPO_ROOT
-from tests.integration.test_drain import TOKEN, controller_with_runtime, held, send
-from tests.integration.test_rollout import CONFIG, PoolHarness, pool_at, running
+from tests.integration.controllers import TOKEN, controller_with_runtime, held
+from tests.integration.pools import CONFIG, PoolHarness, pool_at, running
+from tests.integration.tasks import send
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,8 @@ from drainctl.core.model import TaskEvents, WorkerState
 from drainctl.core.snapshot import TaskState
 from drainctl.status import build_status
 from tests.integration.conftest import rabbitmqctl
-from tests.integration.controllers import synced
+from tests.integration.controllers import connection_pids, synced
+from tests.integration.tasks import send
 
 pytestmark = pytest.mark.anyio
 
@@ -41,15 +42,6 @@ async def running_controller(broker_url: str, **controller: Any) -> AsyncIterato
 
 def queue_name() -> str:
     return f"q-{uuid.uuid4().hex[:8]}"
-
-
-async def send(app: Celery, queue: str, seconds: float, *, countdown: float | None = None) -> str:
-    from tests.integration.taskapp import sleep
-
-    result = await anyio.to_thread.run_sync(
-        partial(sleep.apply_async, (seconds,), queue=queue, countdown=countdown)
-    )
-    return str(result.id)
 
 
 def ids(ctl: Controller, hostname: str, state: TaskState) -> set[str]:
@@ -121,11 +113,6 @@ async def test_sigkilled_worker_turns_silent_with_its_tasks_listed(
         assert [t["id"] for t in row["tasks"]["running"]] == [task]
 
 
-def _connection_pids(name: str) -> list[str]:
-    out = rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid", "client_properties")
-    return [line.split("\t", 1)[0] for line in out.splitlines() if name in line]
-
-
 async def test_connection_closed_by_broker_reconnects_and_loses_no_event(
     broker_url: str, celery_worker: Any, celery_app: Celery
 ) -> None:
@@ -137,7 +124,7 @@ async def test_connection_closed_by_broker_reconnects_and_loses_no_event(
                            TaskEvents.UNKNOWN, 10)
         before = ctl.cluster.events_by_type.get("task-succeeded", 0)
         name = f"drainctl {ctl.settings.controller.id}"
-        pids = await anyio.to_thread.run_sync(_connection_pids, name)
+        pids = await anyio.to_thread.run_sync(connection_pids, name)
         assert len(pids) == 1
         connects = ctl.stats.connects
         await anyio.to_thread.run_sync(rabbitmqctl, "close_connection", pids[0], "test: closed by the broker")

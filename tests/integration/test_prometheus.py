@@ -37,7 +37,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,8 @@ from drainctl.errors import DrainctlError
 from drainctl.runtime.base import WorkerSpec
 from drainctl.runtime.process import ProcessRuntime
 from tests.integration.conftest import REPO_ROOT
-from tests.integration.test_rollout import WORKER, PoolHarness
+from tests.integration.pools import WORKER, PoolHarness
+from tests.integration.tasks import send
 
 pytestmark = pytest.mark.anyio
 
@@ -266,13 +266,6 @@ def grafana_queries(board: dict[str, Any]) -> list[str]:
 def as_promql(expr: str) -> str:
     expr = expr.replace("$__rate_interval", "10s").replace("$__range", "5m")
     return re.sub(r"\$\{?(instance|pool)\}?", ".*", expr)
-
-
-async def send(app: Celery, queue: str, seconds: float) -> str:
-    from tests.integration.taskapp import sleep
-
-    result = await anyio.to_thread.run_sync(partial(sleep.apply_async, (seconds,), queue=queue))
-    return str(result.id)
 
 
 def publish_garbage(app: Celery, count: int) -> None:

@@ -44,7 +44,7 @@ from celery.utils.nodenames import default_nodename, host_format
 
 from drainctl.core.quiet import add_consumer_arguments, standby_declaration, standby_queue
 from tests.helpers import read_records, wait_until
-from tests.integration.conftest import REPO_ROOT, WorkerFactory, fresh_vhost, vhost_url
+from tests.integration.conftest import REPO_ROOT, WorkerFactory, WorkerProc, fresh_vhost, vhost_url
 from tests.integration.taskapp import queue_settings
 
 #: Interpreter of each Celery version under test.
@@ -375,6 +375,44 @@ def entry_differences(replies: dict[str, list[dict[str, Any]]], a: str, b: str, 
     return found
 
 
+def start_dash_q_worker(celery_worker: WorkerFactory, name: str, queues: tuple[str, ...], python: str,
+                        env: Mapping[str, str], what: str, sent: dict[str, Any]) -> WorkerProc:
+    """Worker A: the pool's queues given with -Q. Fails the test if RabbitMQ refused A's declarations
+    (PRECONDITION_FAILED: not equivalent to B's, made first)."""
+    a = celery_worker(name, queues=list(queues), python=python, extra_env=env, events=False, wait_ready=False)
+    refused: list[str] = []
+    try:
+        a.wait_ready()
+    except RuntimeError:
+        refused = [line for line in a.log().splitlines() if "PRECONDITION_FAILED" in line]
+        if not refused:
+            raise
+    if refused:
+        pytest.fail(f"{what}: -Q (A) cannot declare the pool queues as add_consumer (B) did:\n"
+                    f"{refused[0]}\nsent to B: {json.dumps(sent)}")
+    return a
+
+
+def assert_the_broker_shows_the_case(case: Case, tag: str, both: BrokerView) -> None:
+    """The queues, exchanges and bindings the case's setting asks for are on the broker."""
+    for queue, facts in fill(dict(case.queue_facts), tag).items():
+        assert {k: both.queues[queue][k] for k in facts} == facts, (queue, both.queues[queue])
+        assert both.queues[queue]["durable"] is True and both.queues[queue]["auto_delete"] is False
+    for exchange, kind in fill(dict(case.exchange_types), tag).items():
+        assert both.exchanges[exchange]["type"] == kind, (exchange, both.exchanges[exchange])
+    for (source, queue), key in fill(dict(case.binding_keys), tag).items():
+        assert any(row[0] == source and row[2] == queue and row[4] == key for row in both.bindings), both.bindings
+
+
+def assert_runs_a_task_of_each_queue(app: Celery, b: WorkerProc, queues: tuple[str, ...]) -> None:
+    """`b` runs a task the app routes to each of `queues` (nobody else consumes them)."""
+    for queue in queues:
+        app.send_task("taskapp.sleep", args=(0,), kwargs={"tag": queue}, queue=queue)
+    ran = wait_until(lambda: (r := started_by(b.record_dir, set(queues))).keys() == set(queues) and r,
+                     DEADLINE, f"{b.hostname} to run a task from each of {queues}")
+    assert ran == dict.fromkeys(queues, b.hostname)
+
+
 # --------------------------------------------------------------------------- test
 
 
@@ -425,18 +463,7 @@ def test_add_consumer_declares_and_consumes_pool_queues_as_dash_q_does(
     b_alone = bindings_of(rabbitmq_lists(rabbit_vhost, ("bindings",))["bindings"], watched | exchanges)
 
     # (1) A starts with -Q: each pool queue's active_queues entry, field by field.
-    a = celery_worker(f"a-{tag}@%h", queues=list(queues), python=python, extra_env=env, events=False,
-                      wait_ready=False)
-    refused: list[str] = []  # RabbitMQ refused A's declaration: not equivalent to B's, made first
-    try:
-        a.wait_ready()
-    except RuntimeError:
-        refused = [line for line in a.log().splitlines() if "PRECONDITION_FAILED" in line]
-        if not refused:
-            raise
-    if refused:
-        pytest.fail(f"{celery}, {case_id}: -Q (A) cannot declare the pool queues as add_consumer (B) did:\n"
-                    f"{refused[0]}\nsent to B: {json.dumps(sent)}")
+    a = start_dash_q_worker(celery_worker, f"a-{tag}@%h", queues, python, env, f"{celery}, {case_id}", sent)
     replies = active_queues(app, a.hostname, b.hostname)
     problems += entry_differences(replies, a.hostname, b.hostname, queues, sent)
 
@@ -451,13 +478,7 @@ def test_add_consumer_declares_and_consumes_pool_queues_as_dash_q_does(
     if both.consumers != {**dict.fromkeys(queues, 2), standby: 0}:
         problems.append(f"consumers (A and B on each pool queue, none on {standby}): {both.consumers}")
     # The broker shows what the case's setting asks for (else the case would test nothing).
-    for queue, facts in fill(dict(case.queue_facts), tag).items():
-        assert {k: both.queues[queue][k] for k in facts} == facts, (queue, both.queues[queue])
-        assert both.queues[queue]["durable"] is True and both.queues[queue]["auto_delete"] is False
-    for exchange, kind in fill(dict(case.exchange_types), tag).items():
-        assert both.exchanges[exchange]["type"] == kind, (exchange, both.exchanges[exchange])
-    for (source, queue), key in fill(dict(case.binding_keys), tag).items():
-        assert any(row[0] == source and row[2] == queue and row[4] == key for row in both.bindings), both.bindings
+    assert_the_broker_shows_the_case(case, tag, both)
 
     # (3) After a reconnection (every connection closed by the broker), B consumes what A does.
     close_connections(rabbit_vhost)
@@ -472,11 +493,7 @@ def test_add_consumer_declares_and_consumes_pool_queues_as_dash_q_does(
     if {e["name"] for e in replies[b.hostname]} >= set(queues):
         a.kill()
         a.wait(DEADLINE)
-        for queue in queues:
-            app.send_task("taskapp.sleep", args=(0,), kwargs={"tag": queue}, queue=queue)
-        ran = wait_until(lambda: (r := started_by(b.record_dir, set(queues))).keys() == set(queues) and r,
-                         DEADLINE, f"{b.hostname} to run a task from each of {queues}")
-        assert ran == dict.fromkeys(queues, b.hostname)
+        assert_runs_a_task_of_each_queue(app, b, queues)
     for worker in (a, b):
         worker.kill()  # nothing left to see: spare the teardown their warm shutdown
 

@@ -270,7 +270,7 @@ async def test_a_new_version_without_remote_control_aborts_the_rollout_and_is_le
     broker_url: str, tmp_path: Path
 ) -> None:
     from drainctl.status import pools_document
-    from tests.integration.test_rollout import PoolHarness, running
+    from tests.integration.pools import PoolHarness, running
 
     started = time.monotonic()
     harness = PoolHarness(tmp_path, broker_url)

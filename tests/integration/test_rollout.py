@@ -2,153 +2,25 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import urllib.parse
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import anyio
 import pytest
 from celery import Celery
 
-from drainctl import config
 from drainctl.app import Controller
 from drainctl.errors import DrainctlError
 from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records
-from tests.integration.conftest import REPO_ROOT
-from tests.integration.controllers import stop_workers, synced
+from tests.integration.controllers import connection_pids
+from tests.integration.pools import WORKER, ConsumerLog, PoolHarness, pool_at, running, toml_list
+from tests.integration.tasks import send
 
 pytestmark = pytest.mark.anyio
-
-CONFIG = """
-[controller]
-id = "{controller_id}"
-state_dir = "{state_dir}"
-
-[broker]
-reply_timeout_s = 1.0
-
-[[pool]]
-name = "p"
-queues = ["{queue}"]
-replicas = 3
-version = "{version}"
-command = {command}
-env = {{ DRAINCTL_TEST_BROKER_URL = "{broker_url}", TASKAPP_PREFETCH = "1", TASKAPP_RECORD_DIR = "{records}", PYTHONPATH = "{root}"{extra_env} }}
-cwd = "{root}"
-ready_timeout_s = {ready_timeout}
-stop_timeout_s = 30
-"""
-
-WORKER = [sys.executable, "-m", "celery", "-A", "tests.integration.taskapp", "worker", "--without-mingle",
-          "--without-gossip", "-E", "-l", "INFO"]
-
-
-class PoolHarness:
-    """A config file for one pool "p" on its own queue, rewritten atomically per version.
-
-    Subclasses give their own `template` (the same placeholders; unused ones are ignored)."""
-
-    template = CONFIG
-    prefix = "roll"
-
-    def __init__(self, tmp_path: Path, broker_url: str) -> None:
-        self.controller_id = f"{self.prefix}-{uuid.uuid4().hex[:8]}"
-        self.queue = f"q-{uuid.uuid4().hex[:8]}"
-        self.state_dir = tmp_path / "state"
-        self.records = tmp_path / "records"
-        self.records.mkdir()
-        self.path = tmp_path / "drainctl.toml"
-        self.broker_url = broker_url
-
-    def write(self, version: str, *, command: list[str] | None = None, extra_env: str = "",
-              ready_timeout: float = 60, extra_pool: str = "") -> None:
-        """`extra_pool`: lines appended to the file (its last table is the pool's)."""
-        text = self.template.format(
-            controller_id=self.controller_id, state_dir=self.state_dir, queue=self.queue, version=version,
-            command=_toml_list(command or WORKER), broker_url=self.broker_url, records=self.records, root=REPO_ROOT,
-            extra_env=extra_env, ready_timeout=ready_timeout) + extra_pool
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.path)  # atomic, as an operator's deploy tool would
-
-    def settings(self) -> config.Settings:
-        return config.load(self.path)
-
-
-def _toml_list(items: list[str]) -> str:
-    return "[" + ", ".join(json.dumps(item) for item in items) + "]"  # a JSON string is a TOML basic string
-
-
-@asynccontextmanager
-async def running(harness: PoolHarness) -> AsyncIterator[Controller]:
-    settings = harness.settings()
-    ctl = Controller(settings, harness.broker_url, runtime=ProcessRuntime(harness.state_dir, harness.controller_id),
-                     config_path=harness.path)
-    try:
-        async with synced(ctl):
-            yield ctl
-    finally:
-        # Workers outlive the controller on purpose; the test stops them, whatever happened.
-        await stop_workers(harness.state_dir, harness.controller_id)
-
-
-def pool_at(ctl: Controller, version: str) -> bool:
-    members = ctl.fleet.of_pool("p")
-    return (len(members) == 3 and all(m.version == version and m.ready_at is not None for m in members)
-            and not ctl.fleet.rollouts and not ctl.drains.active)
-
-
-class ConsumerLog:
-    """RabbitMQ's own consumer.created / consumer.deleted events (rabbitmq_event_exchange) for one queue."""
-
-    def __init__(self, vhost: str, queue: str) -> None:
-        self.vhost = vhost
-        self.queue = queue
-        self.events: list[str] = []
-
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
-        async with connection:
-            channel = await connection.channel()
-            queue = await channel.declare_queue(exclusive=True)
-            exchange = await channel.get_exchange("amq.rabbitmq.event")
-            for key in ("consumer.created", "consumer.deleted"):
-                await queue.bind(exchange, routing_key=key)
-            task_status.started()
-            async with queue.iterator() as messages:
-                async for message in messages:
-                    headers = message.headers or {}
-                    if _text(headers.get("vhost")) == self.vhost and _text(headers.get("queue")) == self.queue:
-                        self.events.append(str(message.routing_key))
-                    await message.ack()
-
-    def minimum(self, initial: int) -> int:
-        count = lowest = initial
-        for event in self.events:
-            count += 1 if event == "consumer.created" else -1
-            lowest = min(lowest, count)
-        return lowest
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-async def send(app: Celery, queue: str, seconds: float) -> str:
-    from tests.integration.taskapp import sleep
-
-    result = await anyio.to_thread.run_sync(partial(sleep.apply_async, (seconds,), queue=queue))
-    return str(result.id)
 
 
 async def test_rollout_under_load_loses_duplicates_and_interrupts_nothing(
@@ -275,7 +147,7 @@ async def test_rollout_on_the_docker_runtime(
         harness.write(version, extra_env=', TASKAPP_SHUTDOWN_DELAY = "300"' if hung else "")
         text = harness.path.read_text().replace("replicas = 3", f"replicas = {replicas}")
         text = text.replace("stop_timeout_s = 30", f"stop_timeout_s = {3 if hung else 30}\nretire_grace_s = 3")
-        text += f'runtime = "docker"\nimage = "{IMAGE}"\nbinds = {_toml_list(binds)}\n'
+        text += f'runtime = "docker"\nimage = "{IMAGE}"\nbinds = {toml_list(binds)}\n'
         harness.path.write_text(text)
 
     write("v1")
@@ -283,19 +155,14 @@ async def test_rollout_on_the_docker_runtime(
     ctl = Controller(harness.settings(), broker_url, runtime=ProcessRuntime(harness.state_dir, harness.controller_id),
                      runtimes={"docker": docker_runtime}, config_path=harness.path)
 
-    def at(version: str) -> bool:
-        members = ctl.fleet.of_pool("p")
-        return (len(members) == replicas and all(m.version == version and m.ready_at is not None for m in members)
-                and not ctl.fleet.rollouts and not ctl.drains.active)
-
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(ctl.run)
-            await ctl.wait_for(lambda: at("v1"), 120)
+            await ctl.wait_for(lambda: pool_at(ctl, "v1", replicas), 120)
             tasks = [await send(celery_app, harness.queue, 1.0) for _ in range(4)]
             write("v2")
             await ctl.reload("test")
-            await ctl.wait_for(lambda: at("v2") and bool(ctl.fleet.history), 150)
+            await ctl.wait_for(lambda: pool_at(ctl, "v2", replicas) and bool(ctl.fleet.history), 150)
             assert ctl.fleet.history[-1].outcome == "succeeded"
             assert ctl.drains.outcomes["retired"] == replicas
             if stubborn:
@@ -318,7 +185,6 @@ async def test_the_controllers_connection_closed_by_the_broker_mid_drain_the_rol
 ) -> None:
     from drainctl.core.drain import Phase
     from tests.integration.conftest import rabbitmqctl
-    from tests.integration.test_live_model import _connection_pids
 
     harness = PoolHarness(tmp_path, broker_url)
     harness.write("v1")
@@ -330,7 +196,7 @@ async def test_the_controllers_connection_closed_by_the_broker_mid_drain_the_rol
         await ctl.wait_for(lambda: any(d.phase is Phase.WAITING and d.held for d in ctl.drains), 60)
         connects = ctl.stats.connects
         # Every connection of this controller: events, remote control and the per-worker leases go with it.
-        pids = await anyio.to_thread.run_sync(_connection_pids, f"drainctl {ctl.settings.controller.id}")
+        pids = await anyio.to_thread.run_sync(connection_pids, f"drainctl {ctl.settings.controller.id}")
         assert pids
         for pid in pids:
             await anyio.to_thread.run_sync(rabbitmqctl, "close_connection", pid, "test: closed by the broker")
