@@ -324,7 +324,7 @@ class _Collector:
 
 
 class Leases:
-    """One controller at a time acts on a worker (DESIGN §6): the lease is an exclusive queue
+    """One controller at a time acts on a worker: the lease is an exclusive queue
     `drainctl.lock.<hostname>`, held by this controller's connection — released when the drain ends,
     and by RabbitMQ itself when the connection dies, so a crashed controller blocks nobody."""
 

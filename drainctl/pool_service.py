@@ -116,7 +116,7 @@ class PoolService:
         return {"pools": {name: t.version for name, t in self.targets.items()},
                 "changed": changed, "restart_needed": restart_needed}
 
-    def rollback(self, item: RollbackRequested, now: float) -> None:
+    def rollback(self, item: RollbackRequested) -> None:
         """Pin a pool to an earlier version (the one before its last successful rollout, unless named)."""
         answer = item.answer
         target = self.targets.get(item.pool)
@@ -130,7 +130,7 @@ class PoolService:
             elif (item.pool, version) not in self.specs:
                 answer.error = f"pool {item.pool!r}: version {version!r} is unknown (never run by this controller)"
             else:
-                self.fleet.rollback(target, version, now, item.requested_by)
+                self.fleet.rollback(target, version, item.requested_by)
                 self.requested_by = item.requested_by
                 if self.journal is not None:
                     self.journal.save_pins(self.fleet.pins)

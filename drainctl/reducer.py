@@ -134,7 +134,7 @@ class Reducer:
             case ReloadRequested():
                 self.pools.reload(item)
             case RollbackRequested():
-                self.pools.rollback(item, now)
+                self.pools.rollback(item)
             case DrainRequested():
                 self._drain_requested(item, now)
             case CancelRepliedIn():

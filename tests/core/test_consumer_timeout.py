@@ -7,8 +7,8 @@ from drainctl.core.drain import DrainBook, Outcome
 from drainctl.core.model import Cluster
 from drainctl.core.notices import Notice
 from drainctl.core.snapshot import TaskInfo, TaskState, WorkerSnapshot
-from tests.core.factories import task_event
-from tests.core.test_drain import A, B, drained_to_waiting, feed, fleet
+from tests.core.factories import feed, task_event
+from tests.core.scenes import A, B, drained_to_waiting, fleet
 
 KIND = "consumer-timeout-near"
 

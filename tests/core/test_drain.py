@@ -17,24 +17,7 @@ from drainctl.core.drain import CONFIRM_REASON, DrainBook, DrainPolicy, DrainRef
 from drainctl.core.model import Cluster
 from drainctl.core.snapshot import TaskInfo, TaskState, WorkerSnapshot
 from tests.core.factories import feed, task_event, worker_event
-
-A, B, C = "a@h", "b@h", "c@h"
-POLICY = DrainPolicy(retire_grace_s=10, retry_s=5)
-
-
-def fleet(*workers: tuple[str, tuple[str, ...]]) -> Cluster:
-    cluster = Cluster()
-    for pid, (host, queues) in enumerate(workers, start=1):
-        feed(cluster, [worker_event("online", 1, host=host, pid=pid)])
-        cluster.set_queues(host, queues)
-    return cluster
-
-
-def started(cluster: Cluster, book: DrainBook, host: str = A, **kw: Any) -> list[Any]:
-    _, commands = book.start(cluster, host, 0.0, policy=kw.pop("policy", POLICY), managed=kw.pop("managed", True),
-                             **kw)
-    return commands
-
+from tests.core.scenes import POLICY, A, B, C, drained_to_waiting, fleet, started
 
 # --- refusals -----------------------------------------------------------------------------------------------
 
@@ -65,12 +48,6 @@ def test_a_repeated_request_joins_the_drain_under_way() -> None:
 
 
 # --- the happy path ------------------------------------------------------------------------------------------
-
-def drained_to_waiting(cluster: Cluster, book: DrainBook, *, managed: bool = True) -> None:
-    started(cluster, book, managed=managed)
-    assert book.cancel_replied(A, {"q": True}, 1) == []
-    assert book.get(A).phase is Phase.WAITING  # type: ignore[union-attr]
-
 
 def test_full_drain_waits_for_running_and_prefetched_but_not_eta() -> None:
     cluster = fleet((A, ("q",)), (B, ("q",)))

@@ -10,7 +10,7 @@ from drainctl.core.commands import CancelConsumers
 from drainctl.core.drain import DrainBook, DrainPolicy, DrainRefused
 from drainctl.core.model import Cluster
 from tests.core.factories import feed, worker_event
-from tests.core.test_remote_control import deaf_worker
+from tests.core.scenes import deaf_worker
 
 A, B = "a@h", "b@h"
 POLICY = DrainPolicy(retire_grace_s=10, retry_s=5)

@@ -17,29 +17,7 @@ from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.core.snapshot import WorkerSnapshot
 from drainctl.core.worker import WorkerState
 from tests.core.factories import feed, worker_event
-
-A, B = "a@h", "b@h"
-AFTER = 20.0
-
-
-def heartbeat(cluster: Cluster, now: float, host: str = A, pid: int = 1) -> None:
-    feed(cluster, [worker_event("heartbeat", int(now * 10) + 2, host=host, pid=pid)], now)
-
-
-def deaf_worker(*, questions: int = 3, every: float = 10.0, host: str = A) -> tuple[Cluster, list[Notice]]:
-    """A worker that heartbeats every second and leaves `questions` questions unanswered, `every` s apart."""
-    cluster = Cluster(no_remote_control_after_s=AFTER)
-    feed(cluster, [worker_event("online", 1, host=host, pid=1)], 0.0)
-    notices: list[Notice] = []
-    now = 0.0
-    for index in range(questions):
-        asked = index * every
-        while now < asked + 1:
-            now += 1
-            heartbeat(cluster, now, host)
-        notices += cluster.note_unanswered(host, asked, now)
-    return cluster, notices
-
+from tests.core.scenes import AFTER, A, B, deaf_worker, heartbeat
 
 # --- the model ---------------------------------------------------------------------------------------------
 

@@ -1,0 +1,55 @@
+"""Scenes the drain and remote-control tests share: a few workers on their queues, a drain brought to its
+waiting phase, a worker that heartbeats but never answers remote control."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drainctl.core.drain import DrainBook, DrainPolicy, Phase
+from drainctl.core.model import Cluster
+from drainctl.core.notices import Notice
+from tests.core.factories import feed, worker_event
+
+A, B, C = "a@h", "b@h", "c@h"
+POLICY = DrainPolicy(retire_grace_s=10, retry_s=5)
+# no_remote_control_after_s of the deaf worker's cluster.
+AFTER = 20.0
+
+
+def fleet(*workers: tuple[str, tuple[str, ...]]) -> Cluster:
+    cluster = Cluster()
+    for pid, (host, queues) in enumerate(workers, start=1):
+        feed(cluster, [worker_event("online", 1, host=host, pid=pid)])
+        cluster.set_queues(host, queues)
+    return cluster
+
+
+def started(cluster: Cluster, book: DrainBook, host: str = A, **kw: Any) -> list[Any]:
+    _, commands = book.start(cluster, host, 0.0, policy=kw.pop("policy", POLICY), managed=kw.pop("managed", True),
+                             **kw)
+    return commands
+
+
+def drained_to_waiting(cluster: Cluster, book: DrainBook, *, managed: bool = True) -> None:
+    started(cluster, book, managed=managed)
+    assert book.cancel_replied(A, {"q": True}, 1) == []
+    assert book.get(A).phase is Phase.WAITING  # type: ignore[union-attr]
+
+
+def heartbeat(cluster: Cluster, now: float, host: str = A, pid: int = 1) -> None:
+    feed(cluster, [worker_event("heartbeat", int(now * 10) + 2, host=host, pid=pid)], now)
+
+
+def deaf_worker(*, questions: int = 3, every: float = 10.0, host: str = A) -> tuple[Cluster, list[Notice]]:
+    """A worker that heartbeats every second and leaves `questions` questions unanswered, `every` s apart."""
+    cluster = Cluster(no_remote_control_after_s=AFTER)
+    feed(cluster, [worker_event("online", 1, host=host, pid=1)], 0.0)
+    notices: list[Notice] = []
+    now = 0.0
+    for index in range(questions):
+        asked = index * every
+        while now < asked + 1:
+            now += 1
+            heartbeat(cluster, now, host)
+        notices += cluster.note_unanswered(host, asked, now)
+    return cluster, notices
