@@ -31,6 +31,7 @@ from drainctl.executor import CommandExecutor
 from drainctl.inputs import (
     Answer,
     DrainRequested,
+    EventsIn,
     Input,
     Pending,
     ReloadRequested,
@@ -182,6 +183,8 @@ class Controller:
     def apply(self, item: Input) -> None:
         """One input through the reducer; its notices logged, its commands executed, its waiters woken."""
         commands, notices = self.reducer.handle(item, self.clock())
+        if isinstance(item, EventsIn) and item.applied is not None:
+            item.applied(len(item.batch))
         for notice in notices:
             log_notice(notice)
         for command in commands:

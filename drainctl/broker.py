@@ -4,8 +4,9 @@ Thin on purpose. It declares what it needs with exactly Celery's flags, hands de
 callback in batches and acknowledges them afterwards (``multiple=True``), and translates aio-pika /
 aiormq exceptions into `drainctl.errors`.
 
-Ingestion goes one level below aio-pika's high-level consumer (to aiormq) because that is where the
-per-message cost is: aio-pika builds an `IncomingMessage` per delivery and acks one by one.
+`consume_events` (used by `drainctl entrypoint`, which follows one worker's events) goes one level
+below aio-pika's high-level consumer, to aiormq: aio-pika builds an `IncomingMessage` per delivery and
+acks one by one. The controller's own event stream, at fleet rates, is `drainctl.event_stream`.
 """
 
 from __future__ import annotations

@@ -83,6 +83,8 @@ class EventSettings(_Section):
     # How long the durable event queue outlives a stopped controller (a restart within it loses nothing).
     queue_expires_s: PositiveInt = 3600
     max_length: PositiveInt = 200_000
+    # Messages the broker hands over unacknowledged, and the most drainctl holds decoded and not yet applied
+    # to its model: memory is bounded by it, not by the backlog, which stays in RabbitMQ (max_length).
     prefetch: Annotated[int, Field(gt=0, le=65535)] = 2000
 
 

@@ -6,7 +6,7 @@ API or signals are all inputs; failures are inputs too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,8 @@ from drainctl.runtime.base import Exited, WorkerHandle
 class EventsIn:
     batch: Sequence[Decoded]
     nbytes: int
+    # Told the number of messages once the batch is applied: the event stream reads that many more.
+    applied: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

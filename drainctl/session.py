@@ -1,5 +1,8 @@
 """The broker session: connect, consume events, open remote control, and reconnect when any of it fails.
 
+Events come through `drainctl.event_stream` (py-amqp, in a thread, on a connection of its own); remote
+control, the drain leases and the dropped-events count through aio-pika on the session's connection.
+
 Everything it learns goes to the reducer as an input: `BrokerUp` once consuming, each event batch,
 each dead-lettered overflow, and `BrokerDown` with the reason when the session ends. While connected it
 offers the remote-control client, the connection and the drain leases to the command executor.
@@ -18,6 +21,7 @@ from aio_pika.abc import AbstractConnection
 from drainctl import broker
 from drainctl.config import Settings
 from drainctl.errors import BrokerUnavailableError, DrainctlError
+from drainctl.event_stream import EventStream
 from drainctl.inputs import BrokerDown, BrokerUp, DroppedIn, EventsIn, Input
 from drainctl.readmodel import IngestStats
 from drainctl.redact import redact_text, redact_url
@@ -73,10 +77,8 @@ class BrokerSession:
         """One connection from open to close; the reason it ended (never an exception)."""
         try:
             await self._connected(first)
-        except DrainctlError as exc:
-            return str(exc)
-        except Exception as exc:  # an aio-pika/aiormq failure of any shape ends this session only
-            return redact_text(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # an aio-pika/aiormq/py-amqp failure of any shape ends this session only
+            return _reason(exc)
         return "connection closed"
 
     async def _connected(self, first: bool) -> None:
@@ -92,8 +94,13 @@ class BrokerSession:
             # Without its channel, no question would ever be answered: start the session afresh instead.
             control.on_close(closed.set)
             dropped_channel = await connection.channel()
+            stream = EventStream(self.broker_url, tls, self.event_queue, name=f"drainctl-events {self.settings.controller.id}")
+
+            async def on_batch(batch: broker.EventBatch, nbytes: int) -> None:
+                await self._send(EventsIn(batch, nbytes, stream.applied))
+
             async with anyio.create_task_group() as tg:
-                await tg.start(broker.consume_events, channel, self.event_queue, self._on_batch)
+                await tg.start(stream.run, on_batch)
                 tg.start_soon(broker.consume_dropped, dropped_channel, self.event_queue, self._on_dropped)
                 self.control = control
                 self.connection = connection
@@ -109,8 +116,14 @@ class BrokerSession:
             with anyio.move_on_after(5, shield=True):
                 await connection.close()
 
-    async def _on_batch(self, batch: broker.EventBatch, nbytes: int) -> None:
-        await self._send(EventsIn(batch, nbytes))
-
     async def _on_dropped(self, events: int) -> None:
         await self._send(DroppedIn(events))
+
+
+def _reason(exc: Exception) -> str:
+    """Why a session ended, in words: the first failure inside task groups, never a password."""
+    while isinstance(exc, ExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, DrainctlError):
+        return str(exc)
+    return redact_text(f"{type(exc).__name__}: {exc}")

@@ -137,6 +137,18 @@ async def test_connection_closed_by_broker_reconnects_and_loses_no_event(
         assert ctl.cluster.workers[host].tasks == {}
         assert ctl.stats.reconciles.get("reconnect", 0) >= 1
         assert len(set(sent)) == 6
+        # The event stream has a connection of its own: losing it starts the session afresh too.
+        before = ctl.cluster.events_by_type.get("task-succeeded", 0)
+        events_name = f"drainctl-events {ctl.settings.controller.id}"
+        await ctl.wait_for(lambda: ctl.stats.connected, 20)
+        pids = await anyio.to_thread.run_sync(connection_pids, events_name)
+        assert len(pids) == 1
+        connects = ctl.stats.connects
+        await anyio.to_thread.run_sync(rabbitmqctl, "close_connection", pids[0], "test: closed by the broker")
+        sent = [await send(celery_app, queue, 0.2) for _ in range(3)]
+        await ctl.wait_for(lambda: ctl.stats.connects > connects, 20)
+        await ctl.wait_for(lambda: ctl.cluster.events_by_type.get("task-succeeded", 0) - before == 3, 20)
+        assert ctl.cluster.workers[host].tasks == {}
 
 
 async def test_garbage_on_the_event_exchange_is_counted_and_ingestion_goes_on(
