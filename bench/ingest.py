@@ -540,14 +540,15 @@ def run_child(contender: str, url: str, n: int, timeout_s: float, max_length: in
     return run_json_child(argv, contender, timeout_s + 60)
 
 
-def fmt_table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
+def fmt_table(header: tuple[str, ...], body: list[tuple[str, ...]], text_columns: int = 1) -> str:
+    """Columns aligned: the first `text_columns` to the left, the numbers to the right."""
     rows = [header, *body]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for index, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:],
-                                                                                     strict=True)]
-        lines.append("  ".join(cells))
+        cells = [cell.ljust(width) if i < text_columns else cell.rjust(width)
+                 for i, (cell, width) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -586,15 +587,18 @@ def report(scenario: Scenario, best: dict[str, dict[str, Any]], n: int, repeat: 
     print(fmt_table(("contender", *RESULT_HEADER), [(c, *result_cells(best[c])) for c in contenders if c in best]))
     print()
     bare = fastest_bare(best)
-    print("throughput ratios (events/s):")
     pairs = [("drainctl", "celery-state"), ("drainctl", bare), ("py-amqp", bare), ("aiormq", "aio-pika"),
              ("celery-state", bare)]
     both_bare = all(c in best for c in BARE_AIO_PIKA)
+    lines = []
     for a, b in pairs:
         if b is not None and a != b and a in best and b in best:
             note = " (the faster bare aio-pika)" if b == bare and both_bare else ""
-            print(f"  {a} / {b}{note}: {best[a]['events_per_s'] / best[b]['events_per_s']:.2f}x")
-    print()
+            lines.append(f"  {a} / {b}{note}: {best[a]['events_per_s'] / best[b]['events_per_s']:.2f}x")
+    if lines:
+        print("throughput ratios (events/s):")
+        print("\n".join(lines))
+        print()
     print("targets:")
     checks = []
     found = ratios(best)
@@ -656,7 +660,7 @@ def run_scenario(scenario: Scenario, contenders: list[str], args: argparse.Names
 def summary(done: list[tuple[Scenario, dict[str, Any], dict[str, dict[str, Any]]]], contenders: list[str]) -> None:
     print()
     print("== summary (best runs; VmHWM = the consumer process's peak RSS)")
-    header = ("stream", "queued msgs", "contender", *RESULT_HEADER, "vs celery-state", "vs bare aio-pika")
+    header = ("stream", "contender", "queued msgs", *RESULT_HEADER, "vs celery-state", "vs bare aio-pika")
     body = []
     for scenario, info, best in done:
         found = ratios(best)
@@ -665,8 +669,8 @@ def summary(done: list[tuple[Scenario, dict[str, Any], dict[str, dict[str, Any]]
                 continue
             vs_celery = f"{found['vs_celery_state']:.2f}x" if c == "drainctl" and "vs_celery_state" in found else ""
             vs_bare = f"{found['vs_aio_pika']:.2f}x" if c == "drainctl" and "vs_aio_pika" in found else ""
-            body.append((scenario.stream, f"{info['messages']:,}", c, *result_cells(best[c]), vs_celery, vs_bare))
-    print(fmt_table(header, body))
+            body.append((scenario.stream, c, f"{info['messages']:,}", *result_cells(best[c]), vs_celery, vs_bare))
+    print(fmt_table(header, body, text_columns=2))
 
 
 def bench_main(args: argparse.Namespace) -> None:
