@@ -297,7 +297,6 @@ class _Client:
 class _FleetTask:
     uuid: str
     name: str
-    worker: int = -1
     runtime: float = 0.0
     started_at: float = 0.0
     received: dict[str, Any] = field(default_factory=dict)  # the fields task-received repeats from task-sent
@@ -482,7 +481,7 @@ class FleetEventStream:
         recent: deque[tuple[str, str]] = deque(maxlen=64)  # (root_id, uuid) of recent application tasks
 
         def task_event(w: _FleetWorker, etype: str, fields: dict[str, Any], now: float) -> WireMessage | None:
-            nonlocal generated, flushed_task_events
+            nonlocal generated
             w.clock += 1
             w.buffer.append({"hostname": w.hostname, "utcoffset": 0, "pid": w.pid, "clock": w.clock, **fields,
                              "timestamp": now, "type": etype})
@@ -506,7 +505,6 @@ class FleetEventStream:
                 if workers[index].reserved < self.slots:
                     cursor = index + 1
                     workers[index].reserved += 1
-                    task.worker = index
                     heapq.heappush(heap, (now + rng.uniform(0.0005, 0.003), next(seq), _RECEIVE, index, task))
                     return True
             return False
