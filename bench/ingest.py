@@ -1,12 +1,14 @@
 """Event-ingest throughput: drainctl's real ingest path against bare consumers and Celery's own State.
 
-    .venv/bin/python bench/ingest.py                       # 300k events, every contender once
-    .venv/bin/python bench/ingest.py --events 500000 --repeat 3
+    .venv/bin/python bench/ingest.py                       # default stream, 300k events, every contender once
+    .venv/bin/python bench/ingest.py --stream fleet        # the fleet stream (task-sent, failures, big args)
+    .venv/bin/python bench/ingest.py --stream both --repeat 3
+    .venv/bin/python bench/ingest.py --only drainctl --stream fleet --messages 20000,200000   # VmHWM by backlog
     .venv/bin/python bench/ingest.py --consume-existing --url URL --queue NAME --events N
 
-Every contender runs in its own subprocess (clean CPU seconds and peak RSS) and consumes its own
-queue, pre-filled with the identical, deterministic stream (see celery_wire.py) in a throwaway vhost.
-See bench/README.md for what each contender is and how to read the numbers.
+Every contender runs in its own subprocess (clean CPU seconds; peak RSS is the child's own VmHWM) and
+consumes its own queue, pre-filled with the identical, deterministic stream (see celery_wire.py) in a
+throwaway vhost. See bench/README.md for what each contender is and how to read the numbers.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import resource
 import socket
 import subprocess
@@ -27,20 +30,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from celery_wire import CeleryEventStream, WireMessage
+from celery_wire import STREAMS, WireMessage, make_stream
 
 VHOST = "drainctl-bench"
 BENCH_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
-CONTENDERS = ("drainctl", "aio-pika", "py-amqp", "celery-state")
+CONTENDERS = ("drainctl", "aio-pika", "aiormq", "py-amqp", "celery-state")
 QUEUES = {
     "drainctl": "drainctl.bench",  # drainctl.<controller id>: the name drainctl itself derives
     "aio-pika": "bench.aio-pika",
+    "aiormq": "bench.aiormq",
     "py-amqp": "bench.py-amqp",
     "celery-state": "bench.celery-state",
 }
+BARE_AIO_PIKA = ("aio-pika", "aiormq")  # the bare asyncio baselines: drainctl is compared with the faster
 PREFETCH = 2000
+ACK_EVERY = 250  # the bare consumers ack with multiple=True every this many messages (and at the end)
 DEFAULT_MAX_LENGTH = 200_000  # drainctl's default [events] max_length
-TARGETS = {"vs_celery_state": 1.5, "vs_aio_pika": 1.2, "peak_rss_mb": 60.0}
+TARGETS = {"vs_celery_state": 2.0, "vs_aio_pika": 1.2, "peak_rss_mb": 60.0}  # peak RSS: the child's VmHWM
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -60,16 +66,15 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+def vm_hwm_mb(pid: int | str = "self") -> float:
+    """Peak RSS of one process: the kernel's VmHWM from /proc/<pid>/status.
 
-
-def vm_hwm_mb() -> float:
-    """The kernel's high-water RSS of this process image (a cross-check of ru_maxrss, which exec inherits)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+    Not `ru_maxrss`: that survives execve, so a child started by a larger parent would report the parent's
+    peak. VmHWM belongs to the process image and starts afresh at exec."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
+            return int(line.split()[1]) / 1024.0  # kB
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
 def count_events(body: Any) -> int:
@@ -105,8 +110,8 @@ class Meter:
             "events_per_s": round(events / seconds, 1),
             "cpu_s": round(self.cpu1 - self.cpu0, 4),
             "cpu_total_s": round(cpu_seconds(), 4),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
             "vm_hwm_mb": round(vm_hwm_mb(), 1),
+            "pid": os.getpid(),
             **extra,
         }
 
@@ -148,35 +153,79 @@ async def run_drainctl(url: str, queue: str, n: int, timeout_s: float, max_lengt
 
 
 async def run_aio_pika(url: str, queue: str, n: int, timeout_s: float) -> dict[str, Any]:
+    """Bare aio-pika, as plain as it gets: `queue.consume(cb, no_ack=False)`; `cb` does `json.loads` and
+    acks with multiple=True every ACK_EVERY messages and at the end. No per-message context manager."""
     import aio_pika
     from aio_pika.abc import AbstractIncomingMessage
 
     meter = Meter()
     done = asyncio.Event()
+    loads = json.loads
     count = 0
     messages = 0
 
     async def on_message(message: AbstractIncomingMessage) -> None:
         nonlocal count, messages
-        meter.first()
-        body = json.loads(message.body)
-        await message.ack()
+        if not messages:
+            meter.first()
         messages += 1
-        count += count_events(body)
+        body = loads(message.body)
+        count += len(body) if type(body) is list else 1
         if count >= n:
             meter.done()
+            await message.ack(multiple=True)
             done.set()
+        elif messages % ACK_EVERY == 0:
+            await message.ack(multiple=True)
 
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
         q = await channel.get_queue(queue, ensure=False)
-        await q.consume(on_message)
+        await q.consume(on_message, no_ack=False)
         await asyncio.wait_for(done.wait(), timeout_s)
     finally:
         await connection.close()
     return meter.result("aio-pika", count, messages=messages)
+
+
+async def run_aiormq(url: str, queue: str, n: int, timeout_s: float) -> dict[str, Any]:
+    """Bare aio-pika one level down: its underlay aiormq channel's `basic_consume(cb, no_ack=False)` (no
+    IncomingMessage, no extra task per delivery); `cb` as in `run_aio_pika`."""
+    import aio_pika
+    from aiormq.abc import DeliveredMessage
+
+    meter = Meter()
+    done = asyncio.Event()
+    loads = json.loads
+    count = 0
+    messages = 0
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        raw = await channel.get_underlay_channel()
+        await raw.basic_qos(prefetch_count=PREFETCH)
+
+        async def on_message(message: DeliveredMessage) -> None:
+            nonlocal count, messages
+            if not messages:
+                meter.first()
+            messages += 1
+            body = loads(message.body)
+            count += len(body) if type(body) is list else 1
+            if count >= n:
+                meter.done()
+                await raw.basic_ack(message.delivery_tag, multiple=True)
+                done.set()
+            elif messages % ACK_EVERY == 0:
+                await raw.basic_ack(message.delivery_tag, multiple=True)
+
+        await raw.basic_consume(queue, on_message, no_ack=False)
+        await asyncio.wait_for(done.wait(), timeout_s)
+    finally:
+        await connection.close()
+    return meter.result("aiormq", count, messages=messages)
 
 
 def _drain(connection: Any, until: Callable[[], bool], timeout: float, timeout_exc: type[BaseException]) -> None:
@@ -192,6 +241,8 @@ def _drain(connection: Any, until: Callable[[], bool], timeout: float, timeout_e
 
 
 def run_py_amqp(url: str, queue: str, n: int, timeout: float) -> dict[str, Any]:
+    """Bare synchronous py-amqp: `basic_consume(cb)` + `drain_events`; `cb` does `json.loads` and acks with
+    multiple=True every ACK_EVERY messages and at the end."""
     import amqp
 
     parts = urlsplit(url)
@@ -203,21 +254,26 @@ def run_py_amqp(url: str, queue: str, n: int, timeout: float) -> dict[str, Any]:
     )
     connection.connect()
     meter = Meter()
+    loads = json.loads
     count = 0
     messages = 0
     try:
         channel = connection.channel()
         channel.basic_qos(0, PREFETCH, False)
+        ack = channel.basic_ack
 
         def on_message(message: Any) -> None:
             nonlocal count, messages
-            meter.first()
-            body = json.loads(message.body)
-            channel.basic_ack(message.delivery_tag)
+            if not messages:
+                meter.first()
             messages += 1
-            count += count_events(body)
+            body = loads(message.body)
+            count += len(body) if type(body) is list else 1
             if count >= n:
                 meter.done()
+                ack(message.delivery_tag, multiple=True)
+            elif messages % ACK_EVERY == 0:
+                ack(message.delivery_tag, multiple=True)
 
         channel.basic_consume(queue, callback=on_message)
         _drain(connection, lambda: count >= n, timeout, socket.timeout)
@@ -271,6 +327,8 @@ def child_main(args: argparse.Namespace) -> None:
                            backend="asyncio")
     elif name == "aio-pika":
         result = asyncio.run(run_aio_pika(args.url, queue, args.events, args.timeout))
+    elif name == "aiormq":
+        result = asyncio.run(run_aiormq(args.url, queue, args.events, args.timeout))
     elif name == "py-amqp":
         result = run_py_amqp(args.url, queue, args.events, args.timeout)
     elif name == "celery-state":
@@ -321,7 +379,7 @@ async def consume_existing(url: str, queue: str, n: int, timeout_s: float) -> di
         with anyio.move_on_after(5, shield=True):
             await connection.close()
     full = meter.result("drainctl-consume-existing", stats.events)
-    return {k: full[k] for k in ("events", "seconds", "events_per_s", "peak_rss_mb")}
+    return {k: full[k] for k in ("events", "seconds", "events_per_s", "cpu_s", "vm_hwm_mb")}
 
 
 # --------------------------------------------------------------------------- orchestration (parent)
@@ -344,9 +402,9 @@ def delete_vhost() -> None:
 
 async def fill(url: str, stream: list[WireMessage], contenders: list[str], max_length: int,
                window: int = 2000) -> tuple[float, dict[str, int]]:
-    """Declare one queue per contender, each bound to celeryev with '#', purge, publish the stream once to
-    celeryev (the topic exchange copies it into every queue) with publisher confirms. Returns the
-    seconds it took and the depth of each queue."""
+    """Declare one queue per contender afresh (deleted first: a new stream may need another max_length),
+    each bound to celeryev with '#', publish the stream once to celeryev (the topic exchange copies it into
+    every queue) with publisher confirms. Returns the seconds it took and the depth of each queue."""
     import aio_pika
 
     from drainctl import broker
@@ -359,14 +417,15 @@ async def fill(url: str, stream: list[WireMessage], contenders: list[str], max_l
         spec = Controller(bench_settings(max_length), url).event_queue
         queues = {}
         for name in contenders:
+            await channel.queue_delete(QUEUES[name])
             if name == "drainctl":
+                await channel.queue_delete(spec.dropped_queue)
                 await broker.declare_event_topology(channel, spec)
                 queue = await channel.declare_queue(spec.name, passive=True)
             else:
                 # The same queue type and arguments as drainctl's (its dead-letter exchange aside), so the
                 # broker side costs the same.
                 queue = await broker.declare_event_queue(channel, dataclasses.replace(spec, name=QUEUES[name]))
-            await queue.purge()
             queues[name] = queue
         started = time.perf_counter()
         pending = []
@@ -397,16 +456,31 @@ async def fill(url: str, stream: list[WireMessage], contenders: list[str], max_l
         await connection.close()
 
 
-def make_stream(args: argparse.Namespace) -> CeleryEventStream:
-    return CeleryEventStream(target_events=args.events, seed=args.seed, workers=args.workers,
-                             max_batch=args.max_batch)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scenario:
+    """One stream at one size: the unit that is filled once per round and reported with its own table."""
+
+    stream: str
+    events: int | None  # the stream ends after this many events, or
+    messages: int | None  # after this many messages (the backlog queued at start)
+
+    @property
+    def label(self) -> str:
+        size = f"{self.messages:,} messages" if self.messages is not None else f"{self.events:,} events"
+        return f"{self.stream} stream, {size}"
+
+    def argv(self) -> list[str]:
+        size = ["--messages", str(self.messages)] if self.messages is not None else ["--events", str(self.events)]
+        return ["--stream", self.stream, *size]
 
 
 def fill_child_main(args: argparse.Namespace) -> None:
     """Child: generate the stream and publish it into every contender's queue (the parent never holds it,
-    so the contenders, forked from a small parent, inherit no ru_maxrss from it)."""
+    and each contender is a fresh process whose VmHWM is its own)."""
     started = time.perf_counter()
-    generator = make_stream(args)
+    messages = args.messages[0] if args.messages else None
+    generator = make_stream(args.stream, events=args.events[0], messages=messages, seed=args.seed,
+                            workers=args.workers, max_batch=args.max_batch)
     stream = list(generator)
     st = generator.stats
     generated_s = time.perf_counter() - started
@@ -414,10 +488,36 @@ def fill_child_main(args: argparse.Namespace) -> None:
     contenders = args.fill_child.split(",")
     seconds, depths = asyncio.run(fill(args.url, stream, contenders, max_length))
     print(json.dumps({
-        "events": st.events, "messages": st.messages, "bytes": st.bytes, "tasks": st.tasks,
-        "heartbeats": st.heartbeats, "by_type": st.by_type, "generated_s": round(generated_s, 2),
-        "fill_s": round(seconds, 3), "depths": depths, "max_length": max_length,
+        "stream": args.stream, "events": st.events, "messages": st.messages, "bytes": st.bytes, "tasks": st.tasks,
+        "heartbeats": st.heartbeats, "sent_messages": st.sent_messages, "task_messages": st.task_messages,
+        "batch_sizes": dict(sorted(st.batch_sizes.items())), "by_type": st.by_type,
+        "workers": generator.workers, "clients": getattr(generator, "clients", 0),
+        "generated_s": round(generated_s, 2), "fill_s": round(seconds, 3), "depths": depths,
+        "max_length": max_length,
     }), flush=True)
+
+
+def describe_stream(info: dict[str, Any], seed: int) -> str:
+    n, messages = info["events"], info["messages"]
+    batches = {int(k): v for k, v in info["batch_sizes"].items()}
+    task_events = sum(k * v for k, v in batches.items())
+    failed = info["by_type"].get("task-failed", 0)
+    clients = f", {info['clients']} clients sending task-sent" if info["clients"] else ""
+    lines = [
+        f"stream {info['stream']!r}: {n:,} events in {messages:,} messages ({n / messages:.2f} events/message, "
+        f"{info['bytes'] / 1e6:.1f} MB of bodies, {info['bytes'] / messages:.0f} B/message), seed {seed}; "
+        f"generated in {info['generated_s']:.1f} s",
+        f"        {info['tasks']:,} tasks ({100 * failed / max(1, info['tasks']):.1f} % failed) on {info['workers']} "
+        f"workers{clients}",
+        f"        messages: {info['task_messages']:,} task.multi ({task_events / max(1, info['task_messages']):.2f} "
+        f"events each, by size {json.dumps(batches)}), {info['sent_messages']:,} task.sent, "
+        f"{info['heartbeats']:,} worker.heartbeat",
+        f"        events by type: {json.dumps(info['by_type'])}",
+    ]
+    if info["max_length"] != DEFAULT_MAX_LENGTH:
+        lines.append(f"        (more messages than drainctl's default max_length: queues declared with "
+                     f"x-max-length {info['max_length']:,}, so nothing is dropped)")
+    return "\n".join(lines)
 
 
 def run_json_child(argv: list[str], what: str, timeout_s: float) -> dict[str, Any]:
@@ -440,111 +540,186 @@ def run_child(contender: str, url: str, n: int, timeout_s: float, max_length: in
     return run_json_child(argv, contender, timeout_s + 60)
 
 
-def fmt_table(rows: list[dict[str, Any]]) -> str:
-    header = ("contender", "events", "seconds", "events/s", "CPU s", "CPU µs/event", "peak RSS MB")
-    body = [header]
-    for r in rows:
-        body.append((
-            r["contender"], f"{r['events']:,}", f"{r['seconds']:.3f}", f"{r['events_per_s']:,.0f}",
-            f"{r['cpu_s']:.3f}", f"{1e6 * r['cpu_s'] / r['events']:.2f}", f"{r['peak_rss_mb']:.1f}",
-        ))
-    widths = [max(len(row[i]) for row in body) for i in range(len(header))]
+def fmt_table(header: tuple[str, ...], body: list[tuple[str, ...]], text_columns: int = 1) -> str:
+    """Columns aligned: the first `text_columns` to the left, the numbers to the right."""
+    rows = [header, *body]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
-    for index, row in enumerate(body):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:],
-                                                                                     strict=True)]
-        lines.append("  ".join(cells))
+    for index, row in enumerate(rows):
+        cells = [cell.ljust(width) if i < text_columns else cell.rjust(width)
+                 for i, (cell, width) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def bench_main(args: argparse.Namespace) -> None:
-    contenders = [c for c in CONTENDERS if c in args.only.split(",")] if args.only else list(CONTENDERS)
-    create_vhost()
-    print(f"vhost {VHOST!r} created; queues: {', '.join(QUEUES[c] for c in contenders)}")
-    results: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
-    n = 0
-    try:
-        for rep in range(args.repeat):
-            info = run_json_child(
-                ["--fill-child", ",".join(contenders), "--url", BENCH_URL, "--events", str(args.events),
-                 "--seed", str(args.seed), "--workers", str(args.workers), "--max-batch", str(args.max_batch)],
-                "fill", 1800)
-            n, messages, max_length = info["events"], info["messages"], info["max_length"]
-            if rep == 0:
-                print(f"stream: {n:,} events in {messages:,} messages ({n / messages:.2f} events/message, "
-                      f"{info['bytes'] / 1e6:.1f} MB of bodies, {info['bytes'] / messages:.0f} B/message), "
-                      f"{info['tasks']:,} tasks on {args.workers} workers, {info['heartbeats']:,} heartbeats, "
-                      f"seed {args.seed}; generated in {info['generated_s']:.1f} s")
-                print(f"        by type: {json.dumps(info['by_type'])}")
-                if max_length != DEFAULT_MAX_LENGTH:
-                    print(f"        (more messages than drainctl's default max_length: using {max_length})")
-            print(f"[run {rep + 1}/{args.repeat}] fill (not measured against contenders): {messages:,} messages "
-                  f"into {len(contenders)} queues in {info['fill_s']:.1f} s "
-                  f"({messages / info['fill_s']:,.0f} publishes/s, confirmed); depths {info['depths']}")
-            bad = {c: d for c, d in info["depths"].items() if d != messages}
-            if bad:
-                raise RuntimeError(f"queues not filled with {messages} messages: {bad}")
-            if args.fill_only:
-                print(f"--fill-only: left filled in vhost {VHOST!r} ({n} events); `--cleanup` deletes it")
-                return
-            order = contenders if rep % 2 == 0 else contenders[::-1]
-            for contender in order:
-                result = run_child(contender, BENCH_URL, n, args.timeout, max_length)
-                results[contender].append(result)
-                extra = {k: v for k, v in result.items() if k not in {
-                    "contender", "events", "seconds", "events_per_s", "cpu_s", "peak_rss_mb"}}
-                print(f"  {contender:<13} {result['seconds']:8.3f} s {result['events_per_s']:>10,.0f} ev/s "
-                      f"cpu {result['cpu_s']:.2f} s rss {result['peak_rss_mb']:.1f} MB  {json.dumps(extra)}")
-    finally:
-        if not args.fill_only:
-            delete_vhost()
-            print(f"vhost {VHOST!r} deleted")
-    best = {c: min(runs, key=lambda r: r["seconds"]) for c, runs in results.items() if runs}
-    print()
-    print(f"best of {args.repeat} run(s), seconds from the first delivery to the {n:,}-th event; "
-          f"CPU = user+sys of the consumer process over that window; peak RSS = ru_maxrss of the whole process")
-    print(fmt_table([best[c] for c in contenders if c in best]))
-    print()
+def result_cells(r: dict[str, Any]) -> tuple[str, ...]:
+    return (f"{r['events']:,}", f"{r['seconds']:.3f}", f"{r['events_per_s']:,.0f}", f"{r['cpu_s']:.3f}",
+            f"{1e6 * r['cpu_s'] / r['events']:.2f}", f"{r['vm_hwm_mb']:.1f}")
 
-    def ratio(a: str, b: str) -> float | None:
-        if a in best and b in best:
-            return best[a]["events_per_s"] / best[b]["events_per_s"]
-        return None
 
-    print("throughput ratios (events/s):")
-    for a, b in (("drainctl", "celery-state"), ("drainctl", "aio-pika"), ("py-amqp", "aio-pika"),
-                 ("celery-state", "aio-pika")):
-        value = ratio(a, b)
-        if value is not None:
-            print(f"  {a} / {b}: {value:.2f}x")
+RESULT_HEADER = ("events", "seconds", "events/s", "CPU s", "CPU µs/event", "VmHWM MB")
+
+
+def fastest_bare(best: dict[str, dict[str, Any]]) -> str | None:
+    present = [c for c in BARE_AIO_PIKA if c in best]
+    return max(present, key=lambda c: best[c]["events_per_s"]) if present else None
+
+
+def ratios(best: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """drainctl / celery-state and drainctl / the faster bare aio-pika consumer (events/s), where both ran."""
+    out = {}
+    bare = fastest_bare(best)
+    if "drainctl" in best:
+        if "celery-state" in best:
+            out["vs_celery_state"] = best["drainctl"]["events_per_s"] / best["celery-state"]["events_per_s"]
+        if bare is not None:
+            out["vs_aio_pika"] = best["drainctl"]["events_per_s"] / best[bare]["events_per_s"]
+    return out
+
+
+def report(scenario: Scenario, best: dict[str, dict[str, Any]], n: int, repeat: int, contenders: list[str]) -> None:
     print()
+    print(f"== {scenario.label}: best of {repeat} run(s), seconds from the first delivery to the {n:,}-th event; "
+          f"CPU = user+sys of the consumer process over that window; VmHWM = the consumer process's peak RSS "
+          f"(/proc/<pid>/status)")
+    print(fmt_table(("contender", *RESULT_HEADER), [(c, *result_cells(best[c])) for c in contenders if c in best]))
+    print()
+    bare = fastest_bare(best)
+    pairs = [("drainctl", "celery-state"), ("drainctl", bare), ("py-amqp", bare), ("aiormq", "aio-pika"),
+             ("celery-state", bare)]
+    both_bare = all(c in best for c in BARE_AIO_PIKA)
+    lines = []
+    for a, b in pairs:
+        if b is not None and a != b and a in best and b in best:
+            note = " (the faster bare aio-pika)" if b == bare and both_bare else ""
+            lines.append(f"  {a} / {b}{note}: {best[a]['events_per_s'] / best[b]['events_per_s']:.2f}x")
+    if lines:
+        print("throughput ratios (events/s):")
+        print("\n".join(lines))
+        print()
     print("targets:")
     checks = []
-    value = ratio("drainctl", "celery-state")
-    if value is not None:
+    found = ratios(best)
+    if "vs_celery_state" in found:
+        value = found["vs_celery_state"]
         checks.append((f"drainctl >= {TARGETS['vs_celery_state']}x celery-state", value >= TARGETS["vs_celery_state"],
                        f"{value:.2f}x"))
-    value = ratio("drainctl", "aio-pika")
-    if value is not None:
-        checks.append((f"drainctl >= {TARGETS['vs_aio_pika']}x aio-pika", value >= TARGETS["vs_aio_pika"],
+    if "vs_aio_pika" in found:
+        value = found["vs_aio_pika"]
+        checks.append((f"drainctl >= {TARGETS['vs_aio_pika']}x {bare}", value >= TARGETS["vs_aio_pika"],
                        f"{value:.2f}x"))
     if "drainctl" in best:
-        rss = best["drainctl"]["peak_rss_mb"]
-        checks.append((f"drainctl peak RSS <= {TARGETS['peak_rss_mb']:.0f} MB", rss <= TARGETS["peak_rss_mb"],
+        rss = best["drainctl"]["vm_hwm_mb"]
+        checks.append((f"drainctl VmHWM <= {TARGETS['peak_rss_mb']:.0f} MB", rss <= TARGETS["peak_rss_mb"],
                        f"{rss:.1f} MB"))
     for label, ok, shown in checks:
         print(f"  {label:<36} {shown:>9}  {'MET' if ok else 'NOT MET'}")
 
 
+def run_scenario(scenario: Scenario, contenders: list[str], args: argparse.Namespace,
+                 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+    """Fill and run every contender `args.repeat` times (alternating the order); the stream's info and the
+    best run of each contender, or None after --fill-only."""
+    results: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
+    info: dict[str, Any] = {}
+    print()
+    print(f"### {scenario.label}")
+    for rep in range(args.repeat):
+        argv = ["--fill-child", ",".join(contenders), "--url", BENCH_URL, *scenario.argv(), "--seed", str(args.seed),
+                "--workers", str(args.workers)]
+        if args.max_batch is not None:
+            argv += ["--max-batch", str(args.max_batch)]
+        info = run_json_child(argv, "fill", 1800)
+        n, messages, max_length = info["events"], info["messages"], info["max_length"]
+        if rep == 0:
+            print(describe_stream(info, args.seed))
+        print(f"[run {rep + 1}/{args.repeat}] fill (not measured against contenders): {messages:,} messages "
+              f"into {len(contenders)} queues in {info['fill_s']:.1f} s "
+              f"({messages / info['fill_s']:,.0f} publishes/s, confirmed); depths {info['depths']}")
+        bad = {c: d for c, d in info["depths"].items() if d != messages}
+        if bad:
+            raise RuntimeError(f"queues not filled with {messages} messages: {bad}")
+        if args.fill_only:
+            print(f"--fill-only: left filled in vhost {VHOST!r} ({n} events); `--cleanup` deletes it")
+            return None
+        order = contenders if rep % 2 == 0 else contenders[::-1]
+        for contender in order:
+            result = run_child(contender, BENCH_URL, n, args.timeout, max_length)
+            results[contender].append(result)
+            extra = {k: v for k, v in result.items() if k not in {
+                "contender", "events", "seconds", "events_per_s", "cpu_s", "vm_hwm_mb", "pid"}}
+            print(f"  {contender:<13} {result['seconds']:8.3f} s {result['events_per_s']:>10,.0f} ev/s "
+                  f"cpu {result['cpu_s']:.2f} s VmHWM {result['vm_hwm_mb']:.1f} MB  {json.dumps(extra)}")
+    best = {c: min(runs, key=lambda r: r["seconds"]) for c, runs in results.items() if runs}
+    report(scenario, best, info["events"], args.repeat, contenders)
+    return info, best
+
+
+def summary(done: list[tuple[Scenario, dict[str, Any], dict[str, dict[str, Any]]]], contenders: list[str]) -> None:
+    print()
+    print("== summary (best runs; VmHWM = the consumer process's peak RSS)")
+    header = ("stream", "contender", "queued msgs", *RESULT_HEADER, "vs celery-state", "vs bare aio-pika")
+    body = []
+    for scenario, info, best in done:
+        found = ratios(best)
+        for c in contenders:
+            if c not in best:
+                continue
+            vs_celery = f"{found['vs_celery_state']:.2f}x" if c == "drainctl" and "vs_celery_state" in found else ""
+            vs_bare = f"{found['vs_aio_pika']:.2f}x" if c == "drainctl" and "vs_aio_pika" in found else ""
+            body.append((scenario.stream, c, f"{info['messages']:,}", *result_cells(best[c]), vs_celery, vs_bare))
+    print(fmt_table(header, body, text_columns=2))
+
+
+def bench_main(args: argparse.Namespace) -> None:
+    contenders = [c for c in CONTENDERS if c in args.only.split(",")] if args.only else list(CONTENDERS)
+    streams = list(STREAMS) if args.stream == "both" else [args.stream]
+    if args.messages:
+        scenarios = [Scenario(s, None, m) for s in streams for m in args.messages]
+    else:
+        scenarios = [Scenario(s, e, None) for s in streams for e in args.events]
+    if args.fill_only and len(scenarios) > 1:
+        raise SystemExit("--fill-only fills one stream at one size")
+    create_vhost()
+    print(f"vhost {VHOST!r} created; queues: {', '.join(QUEUES[c] for c in contenders)}")
+    done = []
+    try:
+        for scenario in scenarios:
+            outcome = run_scenario(scenario, contenders, args)
+            if outcome is None:
+                return
+            done.append((scenario, *outcome))
+    finally:
+        if not args.fill_only:
+            delete_vhost()
+            print(f"vhost {VHOST!r} deleted")
+    if len(done) > 1:
+        summary(done, contenders)
+
+
+def sizes(text: str) -> list[int]:
+    values = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, comma-separated: {text!r}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=300_000, help="events in the stream (at least; default 300000)")
+    parser.add_argument("--stream", choices=[*STREAMS, "both"], default="default",
+                        help="which stream (celery_wire.py); both: every contender on each, a table per stream")
+    parser.add_argument("--events", type=sizes, default=[300_000],
+                        help="events in the stream (at least; default 300000); comma-separated: one run per size")
+    parser.add_argument("--messages", type=sizes,
+                        help="instead of --events: the stream ends after this many messages (at least), the backlog "
+                             "queued at start; comma-separated: one run per size (e.g. 20000,200000)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per contender, alternating order; best reported")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=50)
-    parser.add_argument("--max-batch", type=int, default=3, help="task events per task.multi message: 1..n")
+    parser.add_argument("--max-batch", type=int,
+                        help="task events per task.multi message: 1..n (default: 3 default stream, 4 fleet)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(CONTENDERS)}")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per contender run")
     parser.add_argument("--fill-only", action="store_true", help="create the vhost, fill the queues, keep them")
@@ -557,10 +732,15 @@ def main() -> None:
     parser.add_argument("--queue")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only:
+        unknown = set(args.only.split(",")) - set(CONTENDERS)
+        if unknown:
+            parser.error(f"--only: unknown contender(s) {', '.join(sorted(unknown))}")
     if args.cleanup:
         delete_vhost()
         print(f"vhost {VHOST!r} deleted")
     elif args.contender:
+        args.events = args.events[0]
         child_main(args)
     elif args.fill_child:
         fill_child_main(args)
@@ -569,7 +749,7 @@ def main() -> None:
             parser.error("--consume-existing needs --queue")
         import anyio
 
-        result = anyio.run(consume_existing, args.url, args.queue, args.events, args.timeout, backend="asyncio")
+        result = anyio.run(consume_existing, args.url, args.queue, args.events[0], args.timeout, backend="asyncio")
         print(json.dumps(result), flush=True)
     else:
         bench_main(args)
