@@ -119,7 +119,7 @@ class Meter:
 # --------------------------------------------------------------------------- contenders (children)
 
 async def run_drainctl(url: str, queue: str, n: int, timeout_s: float, max_length: int) -> dict[str, Any]:
-    """drainctl's real ingest path: Controller.run() (connect, declare, consume_events, reducer, acks)."""
+    """drainctl's real ingest path: Controller.run() (connect, declare, the event stream, reducer, acks)."""
     import anyio
 
     from drainctl import logs
@@ -342,11 +342,12 @@ def child_main(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- --consume-existing
 
 async def consume_existing(url: str, queue: str, n: int, timeout_s: float) -> dict[str, Any]:
-    """drainctl's consume_events + the controller's own reducer, on a queue someone else declared and filled."""
+    """drainctl's event stream + the controller's own reducer, on a queue someone else declared and filled."""
     import anyio
 
     from drainctl import broker, logs
     from drainctl.app import Controller
+    from drainctl.event_stream import EventStream
     from drainctl.inputs import EventsIn
 
     logs.configure("json", "info")
@@ -360,24 +361,19 @@ async def consume_existing(url: str, queue: str, n: int, timeout_s: float) -> di
     )
     stats = controller.stats
     meter = Meter()
-    connection = await broker.connect(url, name="drainctl bench")
-    try:
-        channel = await connection.channel()
-        async with anyio.create_task_group() as tg:
-            # Controller.run() is not started (it would connect and declare): each batch goes straight
-            # through the controller's reducer, as the controller's inbox would hand it over.
-            async def on_batch(batch: broker.EventBatch, nbytes: int) -> None:
-                controller.apply(EventsIn(batch, nbytes))
+    stream = EventStream(url, None, spec, name="drainctl bench")
+    async with anyio.create_task_group() as tg:
+        # Controller.run() is not started (it would connect and declare): each batch goes straight
+        # through the controller's reducer, as the controller's inbox would hand it over.
+        async def on_batch(batch: broker.EventBatch, nbytes: int) -> None:
+            controller.apply(EventsIn(batch, nbytes, stream.applied))
 
-            await tg.start(broker.consume_events, channel, spec, on_batch)
-            await controller.wait_for(lambda: stats.events > 0, timeout_s)
-            meter.first()
-            await controller.wait_for(lambda: stats.events >= n, timeout_s)
-            meter.done()
-            tg.cancel_scope.cancel()
-    finally:
-        with anyio.move_on_after(5, shield=True):
-            await connection.close()
+        await tg.start(stream.run, on_batch)
+        await controller.wait_for(lambda: stats.events > 0, timeout_s)
+        meter.first()
+        await controller.wait_for(lambda: stats.events >= n, timeout_s)
+        meter.done()
+        tg.cancel_scope.cancel()
     full = meter.result("drainctl-consume-existing", stats.events)
     return {k: full[k] for k in ("events", "seconds", "events_per_s", "cpu_s", "vm_hwm_mb")}
 
