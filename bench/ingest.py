@@ -321,6 +321,11 @@ def child_main(args: argparse.Namespace) -> None:
     name = args.contender
     queue = args.queue or QUEUES[name]
     if name == "drainctl":
+        if os.environ.get("BENCH_WITH_DEV_EXTRAS") != "1":
+            # The controller as `pip install drainctl` has it: without the development extras, whose
+            # rich and pygments (brought by import-linter) structlog would import, about 15 MB.
+            for dev_only in ("rich", "pygments"):
+                sys.modules.setdefault(dev_only, None)  # type: ignore[arg-type]
         import anyio
 
         result = anyio.run(run_drainctl, args.url, queue, args.events, args.timeout, args.max_length,
@@ -723,11 +728,15 @@ def main() -> None:
     parser.add_argument("--consume-existing", action="store_true",
                         help="drainctl's ingest path on an existing, bound, pre-filled queue (--url, --queue)")
     parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--with-dev-extras", action="store_true",
+                        help="let drainctl import the development extras (rich, pygments) as the dev venv has them")
     parser.add_argument("--fill-child", help=argparse.SUPPRESS)  # child mode: generate and publish
     parser.add_argument("--url", default=BENCH_URL)
     parser.add_argument("--queue")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.with_dev_extras:
+        os.environ["BENCH_WITH_DEV_EXTRAS"] = "1"
     if args.only:
         unknown = set(args.only.split(",")) - set(CONTENDERS)
         if unknown:

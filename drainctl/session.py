@@ -94,7 +94,8 @@ class BrokerSession:
             # Without its channel, no question would ever be answered: start the session afresh instead.
             control.on_close(closed.set)
             dropped_channel = await connection.channel()
-            stream = EventStream(self.broker_url, tls, self.event_queue, name=f"drainctl-events {self.settings.controller.id}")
+            stream = EventStream(self.broker_url, tls, self.event_queue,
+                                 name=f"drainctl-events {self.settings.controller.id}")
 
             async def on_batch(batch: broker.EventBatch, nbytes: int) -> None:
                 await self._send(EventsIn(batch, nbytes, stream.applied))
