@@ -47,6 +47,7 @@ Targets: controller CPU <= 30 % of one core, RSS <= 80 MB, event lag p99 <= 50 m
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import itertools
 import json
@@ -126,11 +127,27 @@ def controller_child(config_path: str, lag_path: str, log_level: str) -> None:
             out.write(pack(applied, min(stamps), len(stamps), max(stamps), elapsed))
 
     Controller.apply = apply  # type: ignore[method-assign]
+    pauses: dict[str, list[float]] = {}  # "second gen" -> [collections, seconds, longest]
+    began_gc = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began_gc[0] = clock()
+            return
+        elapsed = clock() - began_gc[0]
+        entry = pauses.setdefault(f"{int(time.time())} {info['generation']}", [0, 0.0, 0.0])
+        entry[0] += 1
+        entry[1] += elapsed
+        entry[2] = max(entry[2], elapsed)
+
+    gc.callbacks.append(on_gc)
     try:
         cli.main(["run", "--config", config_path, "--log-format", "json", "--log-level", log_level],
                  standalone_mode=False)
     finally:
         out.close()
+        gc.callbacks.remove(on_gc)
+        Path(lag_path).with_suffix(".gc.json").write_text(json.dumps(pauses))
 
 
 LOADER = """
@@ -192,18 +209,20 @@ def weighted_percentile(pairs: list[tuple[float, int]], q: float) -> float:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def proc_sample(pid: int) -> tuple[float, float, float] | None:
-    """(CPU seconds of the process itself, VmRSS MB, VmHWM MB), or None once it is gone."""
+def proc_sample(pid: int) -> tuple[float, float, float, float] | None:
+    """(CPU seconds of the process itself, VmRSS MB, VmHWM MB, seconds its main thread waited for a CPU),
+    or None once it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
+        waited = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (children not included)
     mem = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in status.splitlines()
            if line.startswith(("VmRSS:", "VmHWM:"))}
-    return cpu, mem.get("VmRSS", float("nan")), mem.get("VmHWM", float("nan"))
+    return cpu, mem.get("VmRSS", float("nan")), mem.get("VmHWM", float("nan")), waited
 
 
 @dataclass
@@ -215,7 +234,7 @@ class Recorder:
     poll_s: float
     sample_s: float
     stop: threading.Event = field(default_factory=threading.Event)
-    proc: list[tuple[float, float, float, float]] = field(default_factory=list)  # wall, cpu s, rss, hwm
+    proc: list[tuple[float, float, float, float, float]] = field(default_factory=list)  # wall, cpu s, rss, hwm, wait s
     latency: dict[str, list[tuple[float, float, int]]] = field(default_factory=dict)  # path -> (wall, s, bytes)
     errors: dict[str, int] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)  # the last /status document
@@ -350,10 +369,11 @@ class Run:
         tmp.write_text(text)
         os.replace(tmp, path)
 
-    def spawn(self, argv: list[str], log: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    def spawn(self, argv: list[str], log: str, env: dict[str, str] | None = None, **kwargs: Any
+              ) -> subprocess.Popen[bytes]:
         with (self.work / log).open("ab") as err:
             child = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stderr=err,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)}, **kwargs)
+                                     env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, **kwargs)
         self.children.append(child)
         return child
 
@@ -361,7 +381,7 @@ class Run:
         self.write_config("v1")
         return self.spawn([__file__, "--role", "controller", "--config", str(self.work / "drainctl.toml"),
                            "--lag-file", str(self.work / "lag.bin"), "--log-level", self.args.log_level],
-                          "controller.log", stdout=subprocess.DEVNULL)
+                          "controller.log", {"DRAINCTL_BROKER_URL": self.url}, stdout=subprocess.DEVNULL)
 
     def start_publishers(self) -> None:
         args = self.args
@@ -480,7 +500,7 @@ def rollout_of(status: dict[str, Any]) -> dict[str, Any] | None:
 
 # --------------------------------------------------------------------------- parent: the figures
 
-def window_cpu(proc: list[tuple[float, float, float, float]], lo: float, hi: float) -> dict[str, float]:
+def window_cpu(proc: list[tuple[float, float, float, float, float]], lo: float, hi: float) -> dict[str, float]:
     inside = [s for s in proc if lo <= s[0] <= hi]
     if len(inside) < 2:
         return {"cpu_pct": float("nan"), "cpu_pct_max_interval": float("nan"), "rss_mb_max": float("nan")}
@@ -488,6 +508,7 @@ def window_cpu(proc: list[tuple[float, float, float, float]], lo: float, hi: flo
     steps = [100 * (b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(inside) if b[0] > a[0]]
     return {"cpu_pct": 100 * (last[1] - first[1]) / (last[0] - first[0]), "cpu_pct_max_interval": max(steps),
             "cpu_s": last[1] - first[1], "seconds": last[0] - first[0],
+            "runqueue_wait_ms_per_s": 1000 * (last[4] - first[4]) / (last[0] - first[0]),
             "rss_mb_max": max(s[2] for s in inside), "rss_mb_min": min(s[2] for s in inside)}
 
 
@@ -502,6 +523,20 @@ def window_lag(records: list[tuple[float, float, int, float, float]], lo: float,
             "newest_p50_ms": percentile([1000 * (r[0] - r[3]) for r in inside], 50),
             "apply_us_p50": percentile(applies, 50), "apply_us_p99": percentile(applies, 99),
             "apply_us_per_event": sum(applies) / max(1, events)}
+
+
+def window_gc(path: Path, lo: float, hi: float) -> dict[str, dict[str, float]]:
+    """The controller's garbage collections by generation over the window: count, total and longest ms."""
+    pauses = json.loads(path.read_text()) if path.exists() else {}
+    out: dict[str, dict[str, float]] = {}
+    for key, (count, total, longest) in pauses.items():
+        second, gen = key.split()
+        if lo <= int(second) < hi:
+            entry = out.setdefault(f"gen{gen}", {"count": 0, "total_ms": 0.0, "max_ms": 0.0})
+            entry["count"] += count
+            entry["total_ms"] += 1000 * total
+            entry["max_ms"] = max(entry["max_ms"], 1000 * longest)
+    return dict(sorted(out.items()))
 
 
 def window_http(records: list[tuple[float, float, int]], lo: float, hi: float) -> dict[str, float]:
@@ -555,6 +590,7 @@ def analyse(run: Run, recorder: Recorder, hwm_mb: float) -> dict[str, Any]:
         "args": vars(run.args), "window": [lo, hi], "marks": run.marks,
         "controller": {**window_cpu(recorder.proc, lo, hi), "vm_hwm_mb": hwm_mb},
         "lag": window_lag(read_lag(run.work / "lag.bin"), lo, hi),
+        "gc": window_gc(run.work / "lag.gc.json", lo, hi),
         "http": {path: window_http(records, lo, hi) for path, records in recorder.latency.items()},
         "http_errors": recorder.errors,
         "published": window_publish(run.results, lo, hi),
@@ -592,7 +628,10 @@ def report(result: dict[str, Any]) -> bool:
           f"{pub['late_ticks']:.0f} of {pub['ticks']:.0f} ticks late (max {pub['late_ms_max']:.1f} ms)")
     print(f"controller: CPU {c['cpu_pct']:.1f} % of one core ({c.get('cpu_s', float('nan')):.1f} s over "
           f"{c.get('seconds', float('nan')):.1f} s; busiest {args['sample_s']:g} s interval {c['cpu_pct_max_interval']:.1f} %), "
-          f"RSS {c.get('rss_mb_min', float('nan')):.1f}-{c['rss_mb_max']:.1f} MB, VmHWM {c['vm_hwm_mb']:.1f} MB")
+          f"RSS {c.get('rss_mb_min', float('nan')):.1f}-{c['rss_mb_max']:.1f} MB, VmHWM {c['vm_hwm_mb']:.1f} MB; "
+          f"its main thread waited {c.get('runqueue_wait_ms_per_s', float('nan')):.0f} ms/s for a CPU")
+    gcs = ", ".join(f"{g} {v['count']:.0f}x {v['total_ms']:.0f} ms (max {v['max_ms']:.1f})" for g, v in result["gc"].items())
+    print(f"controller garbage collections in the window: {gcs or 'none recorded'}")
     print(f"event lag (applied - oldest event timestamp of its batch, per event): p50 {lag['p50_ms']:.1f} ms, "
           f"p99 {lag['p99_ms']:.1f} ms, max {lag['max_ms']:.1f} ms; {lag['batches']:,} batches, "
           f"{lag['events_per_batch']:.2f} events/batch; Controller.apply p50 {lag['apply_us_p50']:.0f} µs, "
