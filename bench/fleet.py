@@ -225,6 +225,60 @@ def proc_sample(pid: int) -> tuple[float, float, float, float] | None:
     return cpu, mem.get("VmRSS", float("nan")), mem.get("VmHWM", float("nan")), waited
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy seconds, all seconds) of every CPU together, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values) - idle) / CLK_TCK, sum(values) / CLK_TCK
+
+
+RABBITMQ_COMMS = ("beam.smp", "erl_child_setup", "epmd", "inet_gethost")
+
+
+def cpu_census(controller: int, publishers: set[int]) -> dict[int, tuple[str, float]]:
+    """pid -> (what it is, CPU seconds so far) for every process on the machine."""
+    out: dict[int, tuple[str, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        if pid == controller:
+            label = "controller"
+        elif pid in publishers:
+            label = "publisher(s)"
+        elif pid == os.getpid():
+            label = "bench (pollers)"
+        elif b"tests.integration.taskapp\x00worker" in cmdline or comm.startswith("celeryd"):
+            label = "pool workers"
+        elif b"import app, sleep" in cmdline:
+            label = "pool loader"
+        elif comm in RABBITMQ_COMMS:
+            label = "rabbitmq"
+        else:
+            label = "other"
+        out[pid] = (label, cpu)
+    return out
+
+
+def census_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], seconds: float
+                 ) -> dict[str, float]:
+    """% of one core by what, over the window; a process that started in it counts from 0 (one that
+    ended in it is missing: the old pool workers)."""
+    out: dict[str, float] = {}
+    for pid, (label, cpu) in after.items():
+        used = cpu - before.get(pid, (label, 0.0))[1]
+        out[label] = out.get(label, 0.0) + 100 * used / seconds
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 @dataclass
 class Recorder:
     """Background samplers: /proc of the controller, and the two HTTP pollers."""
@@ -353,6 +407,7 @@ class Run:
     publishers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, Any] = field(default_factory=dict)  # the machine's CPU over the window, by process
 
     @property
     def url(self) -> str:
@@ -466,12 +521,20 @@ def execute(run: Run) -> Recorder:
     marks["window_from"] = marks["load"] + args.warmup
     marks["window_to"] = marks["window_from"] + args.seconds
     print(f"load started; warm-up {args.warmup:g} s, window {args.seconds:g} s", file=sys.stderr, flush=True)
+    publishers = {p.pid for p in run.publishers}
+    time.sleep(max(0.0, marks["window_from"] - time.time()))
+    census = (time.time(), machine_busy(), cpu_census(controller.pid, publishers))
     time.sleep(max(0.0, marks["window_from"] + args.reload_at * args.seconds - time.time()))
     run.write_config("v2")
     marks["reload"] = time.time()
     controller.send_signal(signal.SIGHUP)
     print("config rewritten with v2; SIGHUP sent", file=sys.stderr, flush=True)
     time.sleep(max(0.0, marks["window_to"] - time.time()))
+    seconds = time.time() - census[0]
+    busy, total = machine_busy()
+    run.cpu = {"by_process": census_delta(census[2], cpu_census(controller.pid, publishers), seconds),
+               "machine_pct": 100 * (busy - census[1][0]) / seconds,
+               "machine_cores": round((total - census[1][1]) / seconds)}
     try:
         wait_until("rollout to v2 finished", lambda: rollout_of(recorder.status) is not None,
                    max(1.0, marks["reload"] + args.rollout_timeout - time.time()), 0.5)
@@ -594,6 +657,7 @@ def analyse(run: Run, recorder: Recorder, hwm_mb: float) -> dict[str, Any]:
         "http": {path: window_http(records, lo, hi) for path, records in recorder.latency.items()},
         "http_errors": recorder.errors,
         "published": window_publish(run.results, lo, hi),
+        "machine": run.cpu,
         "remote_control": remote_control_traffic(recorder.metrics, run.marks),
         "rollout": rollout,
         "pool_tasks": pool_tasks(run.work),
@@ -630,6 +694,11 @@ def report(result: dict[str, Any]) -> bool:
           f"{c.get('seconds', float('nan')):.1f} s; busiest {args['sample_s']:g} s interval {c['cpu_pct_max_interval']:.1f} %), "
           f"RSS {c.get('rss_mb_min', float('nan')):.1f}-{c['rss_mb_max']:.1f} MB, VmHWM {c['vm_hwm_mb']:.1f} MB; "
           f"its main thread waited {c.get('runqueue_wait_ms_per_s', float('nan')):.0f} ms/s for a CPU")
+    machine = result["machine"]
+    if machine:
+        shares = ", ".join(f"{label} {pct:.0f}" for label, pct in machine["by_process"].items() if pct >= 0.5)
+        print(f"machine in the window: {machine['machine_pct']:.0f} % of one core used of {machine['machine_cores'] * 100} "
+              f"({shares}; % of one core)")
     gcs = ", ".join(f"{g} {v['count']:.0f}x {v['total_ms']:.0f} ms (max {v['max_ms']:.1f})" for g, v in result["gc"].items())
     print(f"controller garbage collections in the window: {gcs or 'none recorded'}")
     print(f"event lag (applied - oldest event timestamp of its batch, per event): p50 {lag['p50_ms']:.1f} ms, "

@@ -23,6 +23,7 @@ import heapq
 import json
 import random
 import signal
+import struct
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -192,6 +193,72 @@ class Fleet:
         self.counts.add(int(stamp), events, len(body))
 
 
+FRAME = struct.Struct(">BHI")  # type, channel, payload size; the payload and the frame-end octet 0xCE follow
+FRAME_END = b"\xce"
+BASIC_PUBLISH = struct.Struct(">HHH")  # class 60 (basic), method 40 (publish), reserved
+CONTENT_HEADER = struct.Struct(">HHQ")  # class 60, weight 0, body size
+# content-type, content-encoding, headers, delivery-mode, priority: the properties kombu sets on an event.
+PROPERTY_FLAGS = (1 << 15) | (1 << 14) | (1 << 13) | (1 << 12) | (1 << 11)
+
+
+def _shortstr(text: str) -> bytes:
+    raw = text.encode()
+    return bytes([len(raw)]) + raw
+
+
+def _longstr(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">I", len(raw)) + raw
+
+
+class FramePublisher:
+    """`basic.publish` as pre-encoded AMQP 0-9-1 frames, every message of a tick written in one `sendall`.
+
+    py-amqp opens the connection and the channel and declares the exchange; publishing through it costs a
+    `sendall`, a non-blocking read and the serialisation of every property for each message (about 80 µs a
+    message here: 40 % of a core at 5,000 messages/s, on the controller's 2 cores). The bytes on the wire
+    are the same: method frame, content header (content_type application/json, content_encoding utf-8, the
+    header `hostname`, delivery_mode 1, priority 0, as kombu sends events), one body frame.
+    """
+
+    def __init__(self, connection: Any, channel: Any, exchange: str) -> None:
+        self.write = connection.transport.write
+        self.channel_id = channel.channel_id
+        self.max_body = connection.frame_max - 8
+        self.exchange = exchange
+        self.methods: dict[str, bytes] = {}
+        self.properties: dict[str, bytes] = {}
+        self.pending: list[bytes] = []
+
+    def _method(self, routing_key: str) -> bytes:
+        payload = BASIC_PUBLISH.pack(60, 40, 0) + _shortstr(self.exchange) + _shortstr(routing_key) + b"\x00"
+        frame = FRAME.pack(1, self.channel_id, len(payload)) + payload + FRAME_END
+        self.methods[routing_key] = frame
+        return frame
+
+    def _properties(self, hostname: str) -> bytes:
+        table = _shortstr("hostname") + b"S" + _longstr(hostname)
+        encoded = (struct.pack(">H", PROPERTY_FLAGS) + _shortstr("application/json") + _shortstr("utf-8")
+                   + struct.pack(">I", len(table)) + table + bytes([1, 0]))
+        self.properties[hostname] = encoded
+        return encoded
+
+    def publish(self, routing_key: str, hostname: str, body: bytes) -> None:
+        assert len(body) <= self.max_body, "one body frame per message"
+        method = self.methods.get(routing_key) or self._method(routing_key)
+        properties = self.properties.get(hostname) or self._properties(hostname)
+        header = CONTENT_HEADER.pack(60, 0, len(body)) + properties
+        channel = self.channel_id
+        self.pending += (method, FRAME.pack(2, channel, len(header)), header, FRAME_END,
+                         FRAME.pack(3, channel, len(body)), body, FRAME_END)
+
+    def flush(self) -> None:
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self.write(data)
+
+
 def connect(url: str) -> Any:
     import amqp
 
@@ -209,8 +276,6 @@ def publisher_main(url: str, first: int, count: int, total: int, rate: float, se
     """Publish the fleet's events for `seconds` (or until SIGTERM), paced on the wall clock in ticks of `tick_s`."""
     import resource
 
-    import amqp
-
     stop = False
 
     def on_term(*_: Any) -> None:
@@ -221,14 +286,8 @@ def publisher_main(url: str, first: int, count: int, total: int, rate: float, se
     connection = connect(url)
     channel = connection.channel()
     channel.exchange_declare(EXCHANGE, "topic", durable=True, auto_delete=False)
-    message_class = amqp.basic_message.Message
-
-    def publish(routing_key: str, hostname: str, body: bytes) -> None:
-        message = message_class(body, content_type="application/json", content_encoding="utf-8",
-                                delivery_mode=1, priority=0, application_headers={"hostname": hostname})
-        channel.basic_publish(message, exchange=EXCHANGE, routing_key=routing_key)
-
-    fleet = Fleet(first, count, total, rate, seed=seed, task_mean_s=task_mean_s, publish=publish)
+    frames = FramePublisher(connection, channel, EXCHANGE)
+    fleet = Fleet(first, count, total, rate, seed=seed, task_mean_s=task_mean_s, publish=frames.publish)
     started = time.time()
     fleet.start(started)
     lateness: list[float] = []
@@ -244,6 +303,7 @@ def publisher_main(url: str, first: int, count: int, total: int, rate: float, se
         else:
             lateness.append(-delay)
         fleet.step(time.time())
+        frames.flush()
     channel.close()
     connection.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
