@@ -113,6 +113,7 @@ def controller_child(config_path: str, lag_path: str, log_level: str) -> None:
     pack = LAG_RECORD.pack
     original = Controller.apply
     clock = time.perf_counter
+    flushed = [0.0]
 
     def apply(self: Controller, item: Any) -> None:
         if type(item) is not EventsIn:
@@ -125,6 +126,9 @@ def controller_child(config_path: str, lag_path: str, log_level: str) -> None:
         stamps = [event.timestamp for decoded in item.batch for event in decoded.events]
         if stamps:
             out.write(pack(applied, min(stamps), len(stamps), max(stamps), elapsed))
+            if applied - flushed[0] > 0.5:  # the parent reads the recent records to see the controller caught up
+                flushed[0] = applied
+                out.flush()
 
     Controller.apply = apply  # type: ignore[method-assign]
     pauses: dict[str, list[float]] = {}  # "second gen" -> [collections, seconds, longest]
@@ -256,10 +260,10 @@ def cpu_census(controller: int, publishers: set[int]) -> dict[int, tuple[str, fl
             label = "publisher(s)"
         elif pid == os.getpid():
             label = "bench (pollers)"
-        elif b"tests.integration.taskapp\x00worker" in cmdline or comm.startswith("celeryd"):
-            label = "pool workers"
         elif b"import app, sleep" in cmdline:
             label = "pool loader"
+        elif b"tests.integration.taskapp" in cmdline or b"celeryd" in cmdline:  # Celery rewrites its argv
+            label = "pool workers"
         elif comm in RABBITMQ_COMMS:
             label = "rabbitmq"
         else:
@@ -389,6 +393,22 @@ def fleet_series(body: str) -> dict[str, float]:
     return out
 
 
+def recent_lag_ms(path: Path, seconds: float) -> list[float]:
+    """Lag of the batches applied in the last `seconds` (from the tail of the lag file)."""
+    size = LAG_RECORD.size
+    try:
+        with path.open("rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            start = max(0, end - end % size - 20_000 * size)
+            f.seek(start)
+            data = f.read()
+    except OSError:
+        return []
+    now = time.time()
+    records = (LAG_RECORD.unpack_from(data, i) for i in range(0, len(data) - size + 1, size))
+    return [1000 * (r[0] - r[1]) for r in records if r[0] >= now - seconds]
+
+
 def read_lag(path: Path) -> list[tuple[float, float, int, float, float]]:
     data = path.read_bytes()
     size = LAG_RECORD.size
@@ -441,7 +461,7 @@ class Run:
     def start_publishers(self) -> None:
         args = self.args
         share = args.workers // args.publishers
-        duration = args.warmup + args.seconds + args.rollout_timeout
+        duration = args.max_warmup + args.seconds + args.rollout_timeout + 10  # stopped by SIGTERM before
         for i in range(args.publishers):
             first = i * share
             count = share if i < args.publishers - 1 else args.workers - first
@@ -449,7 +469,7 @@ class Run:
                 [__file__, "--role", "publisher", "--url", self.url, "--first", str(first), "--count", str(count),
                  "--workers", str(args.workers), "--rate", str(args.rate * count / args.workers),
                  "--duration", str(duration), "--tick-ms", str(args.tick_ms), "--seed", str(args.seed + i),
-                 "--task-mean", str(args.task_mean)],
+                 "--task-mean", str(args.task_mean), "--ramp", str(args.ramp)],
                 f"publisher-{i}.log", stdout=subprocess.PIPE))
 
     def stop_publishers(self) -> None:
@@ -514,15 +534,16 @@ def execute(run: Run) -> Recorder:
     wait_until("pool ready at v1", lambda: pool_at(run.port, "v1"), 180, 0.5)
     recorder = Recorder(controller.pid, run.port, args.poll_s, args.sample_s)
     recorder.start()
-    run.spawn(["-c", LOADER, run.url, str(args.pool_rate), str(args.warmup + args.seconds + args.rollout_timeout),
+    run.spawn(["-c", LOADER, run.url, str(args.pool_rate), str(args.max_warmup + args.seconds + args.rollout_timeout),
                str(run.work / "pool-sent.txt")], "loader.log")
     run.start_publishers()
     marks["load"] = time.time()
-    marks["window_from"] = marks["load"] + args.warmup
+    print(f"load started: {args.workers} workers joining over {args.ramp:g} s", file=sys.stderr, flush=True)
+    marks["window_from"] = wait_settled(run)
     marks["window_to"] = marks["window_from"] + args.seconds
-    print(f"load started; warm-up {args.warmup:g} s, window {args.seconds:g} s", file=sys.stderr, flush=True)
+    print(f"window of {args.seconds:g} s from {marks['window_from'] - marks['load']:.0f} s after the load started",
+          file=sys.stderr, flush=True)
     publishers = {p.pid for p in run.publishers}
-    time.sleep(max(0.0, marks["window_from"] - time.time()))
     census = (time.time(), machine_busy(), cpu_census(controller.pid, publishers))
     time.sleep(max(0.0, marks["window_from"] + args.reload_at * args.seconds - time.time()))
     run.write_config("v2")
@@ -551,6 +572,25 @@ def execute(run: Run) -> Recorder:
         print(f"  {exc}", file=sys.stderr)
     recorder.close()
     return recorder
+
+
+def wait_settled(run: Run) -> float:
+    """The window starts after --warmup, once the controller has caught up: the p99 lag of the last 3 s under
+    --settled-ms; at --max-warmup at the latest (then the report says so)."""
+    args = run.args
+    load = run.marks["load"]
+    time.sleep(max(0.0, load + args.warmup - time.time()))
+    for _ in range(int(args.max_warmup) + 2):
+        lags = recent_lag_ms(run.work / "lag.bin", 3.0)
+        if lags and percentile(lags, 99) <= args.settled_ms:
+            return time.time()
+        if time.time() >= load + args.max_warmup:
+            run.marks["unsettled_p99_ms"] = percentile(lags, 99) if lags else float("nan")
+            print(f"  not caught up after {args.max_warmup:g} s (lag p99 of the last 3 s: "
+                  f"{run.marks['unsettled_p99_ms']:.0f} ms): measuring anyway", file=sys.stderr, flush=True)
+            return time.time()
+        time.sleep(1.0)
+    return time.time()
 
 
 def rollout_of(status: dict[str, Any]) -> dict[str, Any] | None:
@@ -683,9 +723,13 @@ def verdicts(result: dict[str, Any]) -> list[tuple[str, float, float, str]]:
 def report(result: dict[str, Any]) -> bool:
     args = result["args"]
     pub, c, lag, rc = result["published"], result["controller"], result["lag"], result["remote_control"]
-    print(f"\nfleet: {args['workers']} simulated workers (heartbeat every 2 s), {args['rate']:g} tasks/s asked; "
-          f"window {args['seconds']:g} s after {args['warmup']:g} s of warm-up; pool {POOL} ({REPLICAS} x 2) rolled "
-          f"v1 -> v2 at {args['reload_at']:.0%} of the window")
+    marks = result["marks"]
+    settled = ("caught up" if "unsettled_p99_ms" not in marks
+               else f"NOT caught up (lag p99 {marks['unsettled_p99_ms']:.0f} ms)")
+    print(f"\nfleet: {args['workers']} simulated workers (heartbeat every 2 s, joining over {args['ramp']:g} s), "
+          f"{args['rate']:g} tasks/s asked; window {args['seconds']:g} s from "
+          f"{marks['window_from'] - marks['load']:.0f} s after the load started ({settled}); pool {POOL} "
+          f"({REPLICAS} x 2) rolled v1 -> v2 at {args['reload_at']:.0%} of the window")
     print(f"published (window, {args['publishers']} publisher process(es)): {pub['tasks_per_s']:,.0f} tasks/s, "
           f"{pub['events_per_s']:,.0f} events/s in {pub['messages_per_s']:,.0f} messages/s "
           f"({pub['bytes_per_s'] / 1024:,.0f} KiB/s); publisher CPU {pub['cpu_s']:.1f} s in all; "
@@ -763,8 +807,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1000, help="simulated workers")
     parser.add_argument("--rate", type=float, default=2000.0, help="tasks per second across the simulated workers")
     parser.add_argument("--seconds", type=float, default=60.0, help="measurement window, s")
-    parser.add_argument("--warmup", type=float, default=30.0,
-                        help="load before the window, s (discovery, and the simulated workers judged not answering)")
+    parser.add_argument("--ramp", type=float, default=20.0,
+                        help="the simulated workers join evenly over this many seconds; the task rate grows with them")
+    parser.add_argument("--warmup", type=float, default=40.0,
+                        help="load before the window at least, s (the ramp, and the controller's questions to every "
+                             "worker it discovers)")
+    parser.add_argument("--max-warmup", type=float, default=180.0,
+                        help="the window starts at the latest this long after the load, caught up or not")
+    parser.add_argument("--settled-ms", type=float, default=100.0,
+                        help="caught up: event lag p99 over the last 3 s at most this")
     parser.add_argument("--publishers", type=int, default=1, help="publisher processes")
     parser.add_argument("--tick-ms", type=float, default=10.0, help="publisher tick: events are flushed once per tick")
     parser.add_argument("--task-mean", type=float, default=0.25, help="mean task runtime, s (exponential)")
@@ -775,8 +826,9 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=1.0, help="/proc sampling interval")
     parser.add_argument("--reconcile-interval", type=float, default=600.0,
                         help="[controller] reconcile_min_interval_s (drainctl's default: 30)")
-    parser.add_argument("--no-remote-control-after", type=float, default=20.0,
-                        help="[controller] no_remote_control_after_s (drainctl's default: 20)")
+    parser.add_argument("--no-remote-control-after", type=float, default=3600.0,
+                        help="[controller] no_remote_control_after_s (drainctl's default: 20); a silent worker is "
+                             "asked again after a third of it")
     parser.add_argument("--log-level", default="info", help="the controller's log level")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="also write every figure to this file")
@@ -798,7 +850,7 @@ def main() -> None:
         from fleet_sim import publisher_main
 
         result = publisher_main(args.url, args.first, args.count, args.workers, args.rate, args.duration,
-                                args.tick_ms / 1000, args.seed, args.task_mean)
+                                args.tick_ms / 1000, args.seed, args.task_mean, args.ramp)
         print(json.dumps(result), flush=True)
     elif args.plan_cost:
         from fleet_plan import plan_cost_main

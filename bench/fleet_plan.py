@@ -183,7 +183,30 @@ def time_alone(ctl: Any, feed: Feed, reps: int) -> dict[str, float]:
         ctl.apply(Tick())
         ticks.append(clock() - t0)
     return {"plan_us": plan, "evaluate_us": evaluate, "evaluate_no_history_us": evaluate_bare,
-            "tick_us": statistics.median(ticks) / 1000}
+            "tick_us": statistics.median(ticks) / 1000, **read_side(ctl)}
+
+
+def read_side(ctl: Any, reps: int = 10) -> dict[str, float]:
+    """What the HTTP handlers do, on this model: /status (build_status, orjson with indent) and /metrics
+    (prometheus_client's generate_latest over drainctl's collectors). Median ms and the size."""
+    import orjson
+    from prometheus_client import generate_latest
+
+    from drainctl.metrics import registry_for
+    from drainctl.status import build_status
+
+    registry = registry_for(ctl)
+    out: dict[str, float] = {}
+    for name, render in (("status", lambda: orjson.dumps(build_status(ctl), option=orjson.OPT_INDENT_2)),
+                         ("metrics", lambda: generate_latest(registry))):
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            body = render()
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_ms"] = 1000 * statistics.median(times)
+        out[f"{name}_kb"] = len(body) / 1024
+    return out
 
 
 async def measure(workers: int, scenario: str, reps: dict[int, int], seed: int) -> dict[str, Any]:
@@ -248,3 +271,5 @@ def report(result: dict[str, Any], wall_s: float) -> None:
     print(f"  alone, per call: Fleet.plan {alone['plan_us']:.1f} µs, DrainBook.evaluate {alone['evaluate_us']:.1f} µs "
           f"({alone['evaluate_no_history_us']:.1f} µs with its finished-drain history emptied); "
           f"one Tick through Controller.apply {alone['tick_us']:.0f} µs")
+    print(f"  read side: /status {alone['status_ms']:.1f} ms ({alone['status_kb']:.0f} KiB), "
+          f"/metrics {alone['metrics_ms']:.1f} ms ({alone['metrics_kb']:.0f} KiB)")

@@ -84,10 +84,14 @@ class Fleet:
         self.first = first
         self.total = total
 
-    def start(self, now: float) -> None:
-        """The first heartbeat of worker i of the whole fleet at now + i/total * freq: staggered evenly."""
+    def start(self, now: float, ramp_s: float = 0.0) -> None:
+        """Worker i of the whole fleet joins (its first heartbeat) at now + i/total * max(ramp_s, freq): the
+        fleet grows evenly over the ramp, and tasks go to the workers that have joined."""
+        spread = max(ramp_s, self.freq)
         for index, _ in enumerate(self.workers):
-            heapq.heappush(self.heartbeats, (now + (self.first + index) / self.total * self.freq, index))
+            heapq.heappush(self.heartbeats, (now + (self.first + index) / self.total * spread, index))
+        self.joined: list[int] = []
+        self.seen = [False] * len(self.workers)
         self.last = now
 
     def _event(self, worker: SimWorker, etype: str, fields: dict[str, Any]) -> None:
@@ -137,13 +141,13 @@ class Fleet:
     def step(self, now: float) -> None:
         """Everything due by `now`: new tasks, task transitions, heartbeats; then flush every touched buffer."""
         touched = self.touched
-        due = self.carry + self.rate * (now - self.last)
+        joined = self.joined
+        due = self.carry + self.rate * len(joined) / len(self.workers) * (now - self.last)
         self.last = now
         arrivals = int(due)
         self.carry = due - arrivals
-        n_workers = len(self.workers)
         for _ in range(arrivals):
-            index = self.rng.randrange(n_workers)
+            index = joined[self.rng.randrange(len(joined))]
             self._receive(index, now)
             touched.add(index)
         second = int(now)
@@ -159,6 +163,9 @@ class Fleet:
         heartbeats = self.heartbeats
         while heartbeats and heartbeats[0][0] <= now:
             at, index = heapq.heappop(heartbeats)
+            if not self.seen[index]:
+                self.seen[index] = True
+                joined.append(index)
             self._flush(index)
             touched.discard(index)
             self._heartbeat(index)
@@ -272,7 +279,7 @@ def connect(url: str) -> Any:
 
 
 def publisher_main(url: str, first: int, count: int, total: int, rate: float, seconds: float, tick_s: float,
-                   seed: int, task_mean_s: float) -> dict[str, Any]:
+                   seed: int, task_mean_s: float, ramp_s: float) -> dict[str, Any]:
     """Publish the fleet's events for `seconds` (or until SIGTERM), paced on the wall clock in ticks of `tick_s`."""
     import resource
 
@@ -289,7 +296,7 @@ def publisher_main(url: str, first: int, count: int, total: int, rate: float, se
     frames = FramePublisher(connection, channel, EXCHANGE)
     fleet = Fleet(first, count, total, rate, seed=seed, task_mean_s=task_mean_s, publish=frames.publish)
     started = time.time()
-    fleet.start(started)
+    fleet.start(started, ramp_s)
     lateness: list[float] = []
     next_tick = time.monotonic()
     end = next_tick + seconds
