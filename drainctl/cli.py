@@ -31,7 +31,7 @@ import anyio
 import click
 import structlog
 
-from drainctl import __version__, config, logs
+from drainctl import __version__, config, gc_tuning, logs
 from drainctl.errors import ApiError, ConfigError, DrainctlError
 from drainctl.redact import redact_text
 
@@ -90,6 +90,7 @@ def run(config_path: Path | None, broker_url: str | None, http_listen: str | Non
             settings.docker_host()  # a bad DOCKER_HOST is a configuration error, reported before anything starts
     except (ConfigError, ValueError) as exc:
         _die(exc, EXIT_BAD_INPUT)
+    gc_tuning.for_a_long_lived_model()
     try:
         anyio.run(_serve, settings, file_settings, url, config_path)
     except KeyboardInterrupt:
@@ -116,10 +117,9 @@ async def _reload(controller: Any, log: Any) -> None:
 async def _serve(settings: config.Settings, file_settings: config.Settings, url: str, config_path: Path | None) -> None:
     from drainctl import http
     from drainctl.app import Controller
-
-    log = structlog.get_logger("drainctl")
     from drainctl.runtime.process import ProcessRuntime
 
+    log = structlog.get_logger("drainctl")
     runtime = ProcessRuntime(settings.controller.state_dir, settings.controller.id)
     runtimes: dict[str, Any] = {}
     if any(p.runtime == "docker" for p in settings.pool):
