@@ -475,9 +475,18 @@ class Run:
     def stop_publishers(self) -> None:
         for child in self.publishers:
             child.send_signal(signal.SIGTERM)
-        for child in self.publishers:
-            out, _ = child.communicate(timeout=60)
-            self.results.append(json.loads(out.decode().strip().splitlines()[-1]))
+        for index, child in enumerate(self.publishers):
+            try:
+                out, _ = child.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                out, _ = child.communicate(timeout=10)
+            lines = out.decode().strip().splitlines()
+            if lines:
+                self.results.append(json.loads(lines[-1]))
+            else:
+                print(f"  publisher {index} left no result (exit code {child.returncode}); see publisher-{index}.log",
+                      file=sys.stderr)
 
     def stop_children(self) -> None:
         for child in self.children:
