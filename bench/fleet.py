@@ -267,7 +267,7 @@ def cpu_census(controller: int, publishers: set[int]) -> dict[int, tuple[str, fl
         elif comm in RABBITMQ_COMMS:
             label = "rabbitmq"
         else:
-            label = "other"
+            label = f"other: {comm}"
         out[pid] = (label, cpu)
     return out
 
@@ -475,9 +475,18 @@ class Run:
     def stop_publishers(self) -> None:
         for child in self.publishers:
             child.send_signal(signal.SIGTERM)
-        for child in self.publishers:
-            out, _ = child.communicate(timeout=60)
-            self.results.append(json.loads(out.decode().strip().splitlines()[-1]))
+        for index, child in enumerate(self.publishers):
+            try:
+                out, _ = child.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                out, _ = child.communicate(timeout=10)
+            lines = out.decode().strip().splitlines()
+            if lines:
+                self.results.append(json.loads(lines[-1]))
+            else:
+                print(f"  publisher {index} left no result (exit code {child.returncode}); see publisher-{index}.log",
+                      file=sys.stderr)
 
     def stop_children(self) -> None:
         for child in self.children:
@@ -628,6 +637,22 @@ def window_lag(records: list[tuple[float, float, int, float, float]], lo: float,
             "apply_us_per_event": sum(applies) / max(1, events)}
 
 
+def lag_by_request(records: list[tuple[float, float, int, float, float]], latency: dict[str, list[tuple[float, float, int]]],
+                   lo: float, hi: float) -> dict[str, dict[str, float]]:
+    """Event lag of the batches applied while a /status or /metrics response was being produced (both run on
+    the controller's event loop), or within 0.1 s after, against the others."""
+    spans = sorted((wall, wall + seconds + 0.1, path) for path, recs in latency.items() for wall, seconds, _ in recs)
+    groups: dict[str, list[tuple[float, int]]] = {}
+    for applied, oldest, n, _, _ in records:
+        if not lo <= applied <= hi:
+            continue
+        path = next((p for a, b, p in spans if a <= applied <= b), "neither")
+        groups.setdefault(path, []).append((1000 * (applied - oldest), n))
+    return {path: {"events": sum(n for _, n in pairs), "p50_ms": weighted_percentile(pairs, 50),
+                   "p99_ms": weighted_percentile(pairs, 99), "max_ms": max(v for v, _ in pairs)}
+            for path, pairs in sorted(groups.items())}
+
+
 def window_gc(path: Path, lo: float, hi: float) -> dict[str, dict[str, float]]:
     """The controller's garbage collections by generation over the window: count, total and longest ms."""
     pauses = json.loads(path.read_text()) if path.exists() else {}
@@ -689,10 +714,12 @@ def remote_control_traffic(metrics: list[tuple[float, dict[str, float]]], marks:
 def analyse(run: Run, recorder: Recorder, hwm_mb: float) -> dict[str, Any]:
     lo, hi = run.marks["window_from"], run.marks["window_to"]
     rollout = rollout_of(recorder.status)
+    lag_records = read_lag(run.work / "lag.bin")
     result: dict[str, Any] = {
         "args": vars(run.args), "window": [lo, hi], "marks": run.marks,
         "controller": {**window_cpu(recorder.proc, lo, hi), "vm_hwm_mb": hwm_mb},
-        "lag": window_lag(read_lag(run.work / "lag.bin"), lo, hi),
+        "lag": window_lag(lag_records, lo, hi),
+        "lag_by_request": lag_by_request(lag_records, recorder.latency, lo, hi),
         "gc": window_gc(run.work / "lag.gc.json", lo, hi),
         "http": {path: window_http(records, lo, hi) for path, records in recorder.latency.items()},
         "http_errors": recorder.errors,
@@ -740,7 +767,7 @@ def report(result: dict[str, Any]) -> bool:
           f"its main thread waited {c.get('runqueue_wait_ms_per_s', float('nan')):.0f} ms/s for a CPU")
     machine = result["machine"]
     if machine:
-        shares = ", ".join(f"{label} {pct:.0f}" for label, pct in machine["by_process"].items() if pct >= 0.5)
+        shares = ", ".join(f"{label} {pct:.0f}" for label, pct in machine["by_process"].items() if pct >= 1.5)
         print(f"machine in the window: {machine['machine_pct']:.0f} % of one core used of {machine['machine_cores'] * 100} "
               f"({shares}; % of one core)")
     gcs = ", ".join(f"{g} {v['count']:.0f}x {v['total_ms']:.0f} ms (max {v['max_ms']:.1f})" for g, v in result["gc"].items())
@@ -749,6 +776,9 @@ def report(result: dict[str, Any]) -> bool:
           f"p99 {lag['p99_ms']:.1f} ms, max {lag['max_ms']:.1f} ms; {lag['batches']:,} batches, "
           f"{lag['events_per_batch']:.2f} events/batch; Controller.apply p50 {lag['apply_us_p50']:.0f} µs, "
           f"p99 {lag['apply_us_p99']:.0f} µs, {lag['apply_us_per_event']:.1f} µs per event")
+    split = "; ".join(f"{path}: {v['events']:,} events, p99 {v['p99_ms']:.1f} ms, max {v['max_ms']:.1f} ms"
+                      for path, v in result["lag_by_request"].items())
+    print(f"  event lag by what the loop was doing (a response being built, or 0.1 s after it): {split}")
     for path, h in result["http"].items():
         print(f"{path}: p50 {h['p50_ms']:.1f} ms, p99 {h['p99_ms']:.1f} ms, max {h['max_ms']:.1f} ms "
               f"({h['requests']} requests, {h['kb']:,.0f} KiB each)")

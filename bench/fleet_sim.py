@@ -293,6 +293,9 @@ def publisher_main(url: str, first: int, count: int, total: int, rate: float, se
     connection = connect(url)
     channel = connection.channel()
     channel.exchange_declare(EXCHANGE, "topic", durable=True, auto_delete=False)
+    # Under RabbitMQ's flow control a write blocks; a Celery worker's would too. Wait, never time out
+    # (the late ticks say how long it was held back).
+    connection.transport.sock.settimeout(None)
     frames = FramePublisher(connection, channel, EXCHANGE)
     fleet = Fleet(first, count, total, rate, seed=seed, task_mean_s=task_mean_s, publish=frames.publish)
     started = time.time()
