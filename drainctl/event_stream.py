@@ -84,14 +84,18 @@ class _Window:
         self._room = threading.Condition()
 
     def take(self, n: int, stopping: threading.Event) -> bool:
-        """Wait until `n` more fit (a batch larger than the limit fits an empty window); False if stopping."""
+        """Wait until `n` more fit (a batch larger than the limit fits an empty window).
+
+        False once the stream is stopping: a session that has ended hands over nothing more, and what it
+        read but did not ack goes back to the queue for the next one.
+        """
         with self._room:
-            while self._held and self._held + n > self.limit:
-                if stopping.is_set():
-                    return False
+            while not stopping.is_set():
+                if not self._held or self._held + n <= self.limit:
+                    self._held += n
+                    return True
                 self._room.wait(IDLE_WAIT_S)
-            self._held += n
-            return True
+            return False
 
     def release(self, n: int) -> None:
         with self._room:
@@ -196,6 +200,9 @@ def _read_ahead(transport: Any) -> None:
 
 def _close(connection: amqp.Connection) -> None:
     try:
-        connection.collect() if not connection.connected else connection.close()
+        if connection.connected:
+            connection.close()
+        else:
+            connection.collect()
     except (TimeoutError, OSError, amqp.exceptions.AMQPError):
         connection.collect()

@@ -78,7 +78,7 @@ class PoolService:
         """Re-read the config file. An invalid file changes nothing; the answer says why."""
         answer = item.answer
         try:
-            new = self._load_checked()
+            new = self._load_and_apply()
         except DrainctlError as exc:
             self.reloads["rejected"] += 1
             log.error("configuration reload rejected; the running configuration stays", error=str(exc),
@@ -88,7 +88,7 @@ class PoolService:
             answer.detail = self._reloaded(new, item.requested_by)
         answer.done.set()
 
-    def _load_checked(self) -> Settings:
+    def _load_and_apply(self) -> Settings:
         if self.config_path is None:
             raise DrainctlError("drainctl runs without --config: there is no file to reload")
         new = config_module.load(self.config_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import aio_pika
+import aio_pika.abc
 import anyio
 import orjson
 import pytest
@@ -17,8 +18,19 @@ pytestmark = pytest.mark.anyio
 
 BACKLOG = 1000
 PREFETCH = 40
-# Long enough for a stream that ignored its bound to read far past it: it reads thousands of messages a second.
-SETTLE_S = 0.5
+
+
+async def until_ready(channel: aio_pika.abc.AbstractChannel, name: str, count: int) -> None:
+    """Until RabbitMQ holds `count` messages ready (neither delivered nor acked) in queue `name`: it tells
+    no one when that changes, so it is asked, for at most 20 s."""
+    seen = None
+    for _ in range(400):
+        declared = await channel.declare_queue(name, passive=True)
+        seen = declared.declaration_result.message_count
+        if seen == count:
+            return
+        await anyio.sleep(0.05)
+    raise AssertionError(f"{name}: {seen} messages ready, expected {count}")
 
 
 async def test_a_slow_reducer_holds_at_most_prefetch_and_the_backlog_waits_in_the_broker(broker_url: str) -> None:
@@ -51,11 +63,10 @@ async def test_a_slow_reducer_holds_at_most_prefetch_and_the_backlog_waits_in_th
         async with anyio.create_task_group() as tg:
             await tg.start(stream.run, handle)
             await until(PREFETCH)
-            await anyio.sleep(SETTLE_S)
-            # Nothing applied yet: the stream stopped at its bound, and the rest is still queued in RabbitMQ.
+            # Nothing applied yet. The stream acked what it handed over and holds one prefetch window
+            # unacked: RabbitMQ keeps the rest ready, and keeps it there while the reducer lags.
+            await until_ready(channel, spec.name, BACKLOG - 2 * PREFETCH)
             assert len(received) == PREFETCH
-            waiting = await channel.declare_queue(spec.name, passive=True)
-            assert waiting.declaration_result.message_count >= BACKLOG - 2 * PREFETCH
             stream.applied(len(received))
             applied = len(received)
             with anyio.fail_after(30):

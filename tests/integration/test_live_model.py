@@ -113,6 +113,20 @@ async def test_sigkilled_worker_turns_silent_with_its_tasks_listed(
         assert [t["id"] for t in row["tasks"]["running"]] == [task]
 
 
+async def _close_and_come_back(ctl: Any, connection_name: str, celery_app: Celery, queue: str, tasks: int) -> list[str]:
+    """The broker closes the controller's connection named `connection_name`; `tasks` tasks run meanwhile.
+    Returns once the controller has reconnected and applied every one of them."""
+    before = ctl.cluster.events_by_type.get("task-succeeded", 0)
+    pids = await anyio.to_thread.run_sync(connection_pids, connection_name)
+    assert len(pids) == 1
+    connects = ctl.stats.connects
+    await anyio.to_thread.run_sync(rabbitmqctl, "close_connection", pids[0], "test: closed by the broker")
+    sent = [await send(celery_app, queue, 0.2) for _ in range(tasks)]
+    await ctl.wait_for(lambda: ctl.stats.connects > connects, 20)
+    await ctl.wait_for(lambda: ctl.cluster.events_by_type.get("task-succeeded", 0) - before == tasks, 20)
+    return sent
+
+
 async def test_connection_closed_by_broker_reconnects_and_loses_no_event(
     broker_url: str, celery_worker: Any, celery_app: Celery
 ) -> None:
@@ -122,32 +136,16 @@ async def test_connection_closed_by_broker_reconnects_and_loses_no_event(
         host = worker.hostname
         await ctl.wait_for(lambda: (w := ctl.cluster.worker(host)) is not None and w.task_events is not
                            TaskEvents.UNKNOWN, 10)
-        before = ctl.cluster.events_by_type.get("task-succeeded", 0)
-        name = f"drainctl {ctl.settings.controller.id}"
-        pids = await anyio.to_thread.run_sync(connection_pids, name)
-        assert len(pids) == 1
-        connects = ctl.stats.connects
-        await anyio.to_thread.run_sync(rabbitmqctl, "close_connection", pids[0], "test: closed by the broker")
         # While the controller is away, the durable event queue keeps what happens.
-        sent = [await send(celery_app, queue, 0.2) for _ in range(6)]
-        await ctl.wait_for(lambda: ctl.stats.connects > connects, 20)
-        await ctl.wait_for(lambda: ctl.cluster.events_by_type.get("task-succeeded", 0) - before == 6, 20)
+        sent = await _close_and_come_back(ctl, f"drainctl {ctl.settings.controller.id}", celery_app, queue, 6)
         for kind in ("task-received", "task-started"):
             assert ctl.cluster.events_by_type.get(kind, 0) >= 6
         assert ctl.cluster.workers[host].tasks == {}
         assert ctl.stats.reconciles.get("reconnect", 0) >= 1
         assert len(set(sent)) == 6
         # The event stream has a connection of its own: losing it starts the session afresh too.
-        before = ctl.cluster.events_by_type.get("task-succeeded", 0)
-        events_name = f"drainctl-events {ctl.settings.controller.id}"
         await ctl.wait_for(lambda: ctl.stats.connected, 20)
-        pids = await anyio.to_thread.run_sync(connection_pids, events_name)
-        assert len(pids) == 1
-        connects = ctl.stats.connects
-        await anyio.to_thread.run_sync(rabbitmqctl, "close_connection", pids[0], "test: closed by the broker")
-        sent = [await send(celery_app, queue, 0.2) for _ in range(3)]
-        await ctl.wait_for(lambda: ctl.stats.connects > connects, 20)
-        await ctl.wait_for(lambda: ctl.cluster.events_by_type.get("task-succeeded", 0) - before == 3, 20)
+        await _close_and_come_back(ctl, f"drainctl-events {ctl.settings.controller.id}", celery_app, queue, 3)
         assert ctl.cluster.workers[host].tasks == {}
 
 
