@@ -32,7 +32,6 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import aiodocker
@@ -53,6 +52,7 @@ from drainctl.runtime.base import (
     WorkerHandle,
     WorkerSpec,
 )
+from drainctl.runtime.docker_times import event_since, judge_forced, unix_since
 
 log = structlog.get_logger("drainctl.runtime.docker")
 
@@ -70,41 +70,13 @@ _REPORTED_MEMORY = 4096
 _ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError)
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-_RFC3339 = re.compile(r"^(?P<base>[^.]+?)(?:\.(?P<frac>\d+))?(?P<tz>Z|[+-]\d\d:\d\d)$")
+
 
 
 def container_name(hostname: str) -> str:
     """A unique, valid container name derived from the Celery hostname (`w1@host` -> `drainctl-w1_host-1a2b3c4d`)."""
     safe = _NAME_UNSAFE.sub("_", hostname).strip("_.-")[:100] or "worker"
     return f"drainctl-{safe}-{uuid.uuid4().hex[:8]}"
-
-
-def _unix_since(rfc3339: str) -> str:
-    """The engine's RFC 3339 (nanosecond) time as the `seconds.nanoseconds` the events API takes."""
-    m = _RFC3339.match(rfc3339)
-    if m is None:
-        raise ValueError(f"unexpected time format {rfc3339!r}")
-    tz = "+00:00" if m["tz"] == "Z" else m["tz"]
-    seconds = int(datetime.fromisoformat(m["base"] + tz).timestamp())
-    frac = (m["frac"] or "").ljust(9, "0")[:9]
-    return f"{seconds}.{frac}"
-
-
-def _event_since(event: dict[str, Any]) -> str | None:
-    ns = event.get("timeNano")
-    if isinstance(ns, int):
-        return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
-    return None
-
-
-def _finished_at(state: dict[str, Any]) -> float | None:
-    raw = state.get("FinishedAt")
-    if not isinstance(raw, str) or raw.startswith("0001-"):
-        return None
-    try:
-        return float(_unix_since(raw))
-    except ValueError:
-        return None
 
 
 @dataclass(slots=True)
@@ -294,7 +266,7 @@ class DockerRuntime:
             # The engine's clock, so that `since` means the same instant to the engine.
             with anyio.fail_after(REQUEST_TIMEOUT_S):
                 info = await docker.system.info()
-            session.since = _unix_since(str(info["SystemTime"]))
+            session.since = unix_since(str(info["SystemTime"]))
         filters = json.dumps({"type": ["container"], "event": ["die"], "label": [self._label_filter]})
         # A fresh DockerEvents per subscription: its `run` streams once and then ends.
         events = DockerEvents(docker)  # type: ignore[no-untyped-call]
@@ -309,12 +281,14 @@ class DockerRuntime:
                     session.started = True
                     task_status.started()
                 else:
-                    log.info("docker event stream reopened; checking the managed containers")
-                    await self._sweep(on_exit)
+                    managed, containers = await self._snapshot()
+                    # Counted once the engine answered, before any exit found is reported.
                     session.resubscribed = True
                     self.resubscriptions += 1
+                    log.info("docker event stream reopened; checking the managed containers")
+                    await self._sweep(managed, containers, on_exit)
                 while (event := await subscriber.get()) is not None:
-                    session.since = _event_since(event) or session.since
+                    session.since = event_since(event) or session.since
                     await self._on_die(event, on_exit)
             except (*_ENGINE_ERRORS, KeyError) as exc:
                 problem = exc
@@ -348,13 +322,19 @@ class DockerRuntime:
         handle = self._managed.get(cid) or _handle_from_labels(self.name, cid, attributes, self.controller_id)
         await self._report(cid, handle, exit_code, state, on_exit)
 
-    async def _sweep(self, on_exit: ExitHandler) -> None:
-        """After a resubscription: report the exits of our containers that happened while we were not listening."""
-        docker = self._client()
-        # Snapshot first: a container started while the list is being fetched is not "vanished".
+    async def _snapshot(self) -> tuple[dict[str, WorkerHandle], list[Any]]:
+        """The containers we manage, as we know them and as the engine lists them."""
+        # Ours first: a container started while the list is being fetched is not "vanished".
         managed = dict(self._managed)
         with anyio.fail_after(REQUEST_TIMEOUT_S):
-            containers = await docker.containers.list(all=True, filters=json.dumps({"label": [self._label_filter]}))
+            containers = await self._client().containers.list(
+                all=True, filters=json.dumps({"label": [self._label_filter]})
+            )
+        return managed, containers
+
+    async def _sweep(self, managed: dict[str, WorkerHandle], containers: list[Any], on_exit: ExitHandler) -> None:
+        """After a resubscription: report the exits of our containers that happened while we were not listening."""
+        docker = self._client()
         present: set[str] = set()
         for container in containers:
             cid = container.id
@@ -390,7 +370,7 @@ class DockerRuntime:
             self._final[cid] = state
             while len(self._final) > 256:
                 self._final.popitem(last=False)
-        forced = _judge_forced(exit_code, state, stopping, time.time())
+        forced = judge_forced(exit_code, state, stopping, time.time())
         log.info("worker container exited", hostname=handle.hostname, container=cid[:12], exit_code=exit_code,
                  forced=forced)
         try:
@@ -439,7 +419,7 @@ class DockerRuntime:
                     raise
                 final = self._final.get(cid)  # removed by `watch` already; it kept the state
         code = final.get("ExitCode") if final is not None else None
-        return _judge_forced(code if isinstance(code, int) else None, final, (asked, t), time.time())
+        return judge_forced(code if isinstance(code, int) else None, final, (asked, t), time.time())
 
     async def signal(self, handle: WorkerHandle, signum: int) -> None:
         """Send `signum` to the container's main process; a container that is gone or stopped is left alone."""
@@ -478,19 +458,3 @@ class DockerRuntime:
                     return False
                 raise
         return bool(info["State"].get("Running"))
-
-
-def _judge_forced(
-    exit_code: int | None, state: dict[str, Any] | None, stopping: tuple[float, int] | None, now: float
-) -> bool:
-    """Whether the engine killed the worker because a stop timeout expired (the heuristic of the module docstring)."""
-    if stopping is None or exit_code != 128 + signal_mod.SIGKILL:
-        return False
-    if state is not None and state.get("OOMKilled"):
-        return False
-    asked, timeout = stopping
-    ended = _finished_at(state) if state is not None else None
-    if ended is None:
-        ended = now
-    # 50 ms of slack for the engine's clock vs. ours (same machine; different reading points).
-    return ended - asked >= timeout - 0.05
