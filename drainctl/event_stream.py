@@ -174,17 +174,30 @@ class EventStream:
             _close(connection)
 
     def _read(self, connection: amqp.Connection, pending: list[amqp.Message]) -> None:
-        """Read until a batch is complete: whatever arrives without waiting, up to the window's size."""
-        wait = IDLE_WAIT_S
-        # A quarter of the window: the thread reads the next batch while the reducer applies this one.
-        while len(pending) < max(1, self._window.limit // 4):
-            before = len(pending)
-            try:
-                connection.drain_events(timeout=wait)
-            except TimeoutError:
-                return
-            if len(pending) > before:
-                wait = MORE_WAIT_S
+        """Read until a batch is complete: whatever arrives without waiting, up to the window's size.
+
+        The socket's own timeout bounds each wait. `drain_events(timeout=...)` would set and restore
+        it around every frame: two system calls and a context manager per frame, which were most of
+        the thread's time.
+        """
+        transport = connection.transport
+        sock = transport.sock
+        # `blocking_read` without its per-frame context manager: a frame in, dispatched.
+        read_frame, on_frame = transport.read_frame, connection.on_inbound_frame
+        sock.settimeout(IDLE_WAIT_S)
+        try:
+            # A quarter of the window: the thread reads the next batch while the reducer applies this one.
+            while len(pending) < max(1, self._window.limit // 4):
+                before = len(pending)
+                try:
+                    on_frame(read_frame())
+                except TimeoutError:
+                    return
+                if before == 0 and pending:
+                    sock.settimeout(MORE_WAIT_S)
+        finally:
+            # Writes (acks, heartbeats) block, as py-amqp expects.
+            sock.settimeout(None)
 
 
 def _read_ahead(transport: Any) -> None:
