@@ -122,10 +122,11 @@ async def run_drainctl(url: str, queue: str, n: int, timeout_s: float, max_lengt
     """drainctl's real ingest path: Controller.run() (connect, declare, the event stream, reducer, acks)."""
     import anyio
 
-    from drainctl import logs
+    from drainctl import gc_tuning, logs
     from drainctl.app import Controller
 
     logs.configure("json", "info")  # as `drainctl run` does when not on a terminal (stderr)
+    gc_tuning.for_a_long_lived_model()  # as `drainctl run` does before it starts the controller
     settings = bench_settings(max_length)
     controller = Controller(settings, url)
     assert controller.event_queue.name == queue, (controller.event_queue.name, queue)
@@ -354,12 +355,13 @@ async def consume_existing(url: str, queue: str, n: int, timeout_s: float) -> di
     """drainctl's event stream + the controller's own reducer, on a queue someone else declared and filled."""
     import anyio
 
-    from drainctl import broker, logs
+    from drainctl import broker, gc_tuning, logs
     from drainctl.app import Controller
     from drainctl.event_stream import EventStream
     from drainctl.inputs import EventsIn
 
     logs.configure("json", "info")
+    gc_tuning.for_a_long_lived_model()
     settings = bench_settings(DEFAULT_MAX_LENGTH)
     controller = Controller(settings, url)
     spec = broker.EventQueueSpec(

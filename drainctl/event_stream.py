@@ -29,7 +29,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from drainctl.broker import EventBatch, EventQueueSpec, TlsFiles
-from drainctl.core.events import decode_message
+from drainctl.core.events import Decoded, decode_message
 from drainctl.errors import BrokerUnavailableError
 from drainctl.redact import redact_text, redact_url
 
@@ -103,6 +103,26 @@ class _Window:
             self._room.notify()
 
 
+class _Pending:
+    """The messages read since the last handoff, decoded as they arrive: the raw message is not kept."""
+
+    def __init__(self) -> None:
+        self.batch: list[Decoded] = []
+        self.nbytes = 0
+        self.last_tag = 0
+
+    def add(self, message: amqp.Message) -> None:
+        self.batch.append(decode_message(message.body, message.properties.get("content_type")))
+        self.nbytes += len(message.body)
+        self.last_tag = message.delivery_tag
+
+    def take(self) -> tuple[list[Decoded], int, int]:
+        """The batch, its size in bytes and the delivery tag that acks all of it; empty again."""
+        taken = self.batch, self.nbytes, self.last_tag
+        self.batch, self.nbytes = [], 0
+        return taken
+
+
 class EventStream:
     """Consume `spec.name` until cancelled; decoded batches go to `handle` in arrival order."""
 
@@ -150,8 +170,8 @@ class EventStream:
             # Bodies stay bytes: orjson reads them directly.
             channel.auto_decode = False
             channel.basic_qos(0, self.spec.prefetch, False)
-            pending: list[amqp.Message] = []
-            channel.basic_consume(self.spec.name, callback=pending.append, no_ack=False)
+            pending = _Pending()
+            channel.basic_consume(self.spec.name, callback=pending.add, no_ack=False)
             anyio.from_thread.run_sync(consuming.set)
             ticked = time.monotonic()
             while not stopping.is_set():
@@ -160,11 +180,8 @@ class EventStream:
                     # Sends a heartbeat when due; raises when the broker has been silent too long.
                     connection.heartbeat_tick()
                     ticked = time.monotonic()
-                if pending:
-                    nbytes = sum(len(m.body) for m in pending)
-                    last = pending[-1].delivery_tag
-                    batch = [decode_message(m.body, m.properties.get("content_type")) for m in pending]
-                    pending.clear()
+                if pending.batch:
+                    batch, nbytes, last = pending.take()
                     if not self._window.take(len(batch), stopping):
                         return
                     anyio.from_thread.run(handle, batch, nbytes)
@@ -173,7 +190,7 @@ class EventStream:
             stopping.set()
             _close(connection)
 
-    def _read(self, connection: amqp.Connection, pending: list[amqp.Message]) -> None:
+    def _read(self, connection: amqp.Connection, pending: _Pending) -> None:
         """Read until a batch is complete: whatever arrives without waiting, up to the window's size.
 
         The socket's own timeout bounds each wait. `drain_events(timeout=...)` would set and restore
@@ -187,13 +204,13 @@ class EventStream:
         sock.settimeout(IDLE_WAIT_S)
         try:
             # A quarter of the window: the thread reads the next batch while the reducer applies this one.
-            while len(pending) < max(1, self._window.limit // 4):
-                before = len(pending)
+            while len(pending.batch) < max(1, self._window.limit // 4):
+                before = len(pending.batch)
                 try:
                     on_frame(read_frame())
                 except TimeoutError:
                     return
-                if before == 0 and pending:
+                if before == 0 and pending.batch:
                     sock.settimeout(MORE_WAIT_S)
         finally:
             # Writes (acks, heartbeats) block, as py-amqp expects.

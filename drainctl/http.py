@@ -21,13 +21,13 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drainctl.core.drain import DrainRefused
 from drainctl.core.policy import PolicyOverrides
 from drainctl.errors import DrainctlError
-from drainctl.metrics import registry_for
+from drainctl.metrics import registry_for, render
 from drainctl.readmodel import ControllerApi
 from drainctl.status import build_status, drain_document
 
@@ -94,7 +94,7 @@ class _Handlers:
         return None
 
     async def metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=await render(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, _: web.Request) -> web.Response:
         ok = self.controller.stats.connected

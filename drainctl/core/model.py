@@ -180,7 +180,8 @@ class Cluster:
         notice = note_pid(worker, event.pid, now, "task", self.silent_window(worker))
         if notice is not None:
             notices.append(notice)
-        key = (event.hostname, event.uuid)
+        # The model's own hostname string: a tombstone outlives the event, and need not keep its copy.
+        key = (worker.hostname, event.uuid)
         correction = self._corrections.get(key)
         if correction is not None and same_process(correction.pid, event.pid) and event.clock <= correction.clock:
             del self._corrections[key]  # the event was on its way when the snapshot was taken
@@ -210,9 +211,9 @@ class Cluster:
             del worker.tasks[event.uuid]
             worker.last_task_end = now
             worker.last_task_end_clock = max(worker.last_task_end_clock, event.clock)
-        key = (event.hostname, event.uuid)
+        key = (worker.hostname, event.uuid)
         tombstones = self._tombstones
-        tombstones[key] = Tombstone(event.clock, event.pid)
+        tombstones[key] = Tombstone(event.clock, worker.pid if worker.pid == event.pid else event.pid)
         tombstones.move_to_end(key)
         while len(tombstones) > self.max_tombstones:
             tombstones.popitem(last=False)
