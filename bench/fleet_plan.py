@@ -188,17 +188,16 @@ def time_alone(ctl: Any, feed: Feed, reps: int) -> dict[str, float]:
 
 def read_side(ctl: Any, reps: int = 10) -> dict[str, float]:
     """What the HTTP handlers do, on this model: /status (build_status, orjson with indent) and /metrics
-    (prometheus_client's generate_latest over drainctl's collectors). Median ms and the size."""
+    (`drainctl.metrics.exposition`: prometheus_client's generate_latest, then the per-worker series). Median ms and the size."""
     import orjson
-    from prometheus_client import generate_latest
 
-    from drainctl.metrics import registry_for
+    from drainctl.metrics import exposition, registry_for
     from drainctl.status import build_status
 
     registry = registry_for(ctl)
     out: dict[str, float] = {}
     for name, render in (("status", lambda: orjson.dumps(build_status(ctl), option=orjson.OPT_INDENT_2)),
-                         ("metrics", lambda: generate_latest(registry))):
+                         ("metrics", lambda: exposition(registry, ctl))):
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()

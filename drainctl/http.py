@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from drainctl.core.drain import DrainRefused
 from drainctl.core.policy import PolicyOverrides
 from drainctl.errors import DrainctlError
-from drainctl.metrics import registry_for, render
+from drainctl.metrics import exposition, registry_for
 from drainctl.readmodel import ControllerApi
 from drainctl.status import build_status, drain_document
 
@@ -94,7 +94,8 @@ class _Handlers:
         return None
 
     async def metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=await render(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = exposition(self.registry, self.controller)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, _: web.Request) -> web.Response:
         ok = self.controller.stats.connected

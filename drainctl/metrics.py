@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-import anyio.to_thread
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -21,7 +20,7 @@ from drainctl.core.drain import DURATION_BUCKETS, Outcome
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES
 from drainctl.core.model import REMOTE_CONTROL_CHECK, WorkerState
 from drainctl.core.rollout import Fleet
-from drainctl.core.snapshot import TaskState
+from drainctl.metrics_workers import worker_series
 from drainctl.readmodel import ReadModel, member_status, pool_pin
 
 MALFORMED_REASONS = (
@@ -100,55 +99,13 @@ class ModelCollector(Collector):
         yield workers
 
     def _workers(self) -> Iterator[Metric]:
-        cluster = self.model.cluster
-        now = self.model.now()
-        tasks = GaugeMetricFamily(
-            "drainctl_worker_tasks",
-            "Tasks a worker holds, by state: running, reserved (prefetched) or scheduled (ETA).",
-            labels=["hostname", "state"],
-        )
-        age = GaugeMetricFamily(
-            "drainctl_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=["hostname"]
-        )
-        info = GaugeMetricFamily(
-            "drainctl_worker_info", "Facts about a worker in the model (value is always 1).",
-            labels=["hostname", "state", "celery_version", "task_events"],
-        )
-        collision = GaugeMetricFamily(
-            "drainctl_worker_hostname_collision",
-            "1 while more than one live process speaks under this worker's hostname (drains refused).",
-            labels=["hostname"],
-        )
-        not_answering = GaugeMetricFamily(
-            "drainctl_worker_remote_control_unanswered",
-            "1 while a worker heartbeats but does not answer remote control (worker_enable_remote_control off?): "
-            "drains refused, rollouts blocked.",
-            labels=["hostname"],
-        )
-        collisions = 0
-        deaf = 0
-        for worker in cluster:
-            collisions += worker.collision
-            counts = {s: 0 for s in TaskState}
-            for task in worker.tasks.values():
-                counts[task.state] += 1
-            for task_state, count in counts.items():
-                tasks.add_metric([worker.hostname, task_state.value], count)
-            if worker.last_heartbeat is not None:
-                age.add_metric([worker.hostname], max(0.0, now - worker.last_heartbeat))
-            info.add_metric([worker.hostname, worker.state.value, worker.sw_ver or "", worker.task_events.value], 1)
-            collision.add_metric([worker.hostname], int(worker.collision))
-            not_answering.add_metric([worker.hostname], int(worker.not_answering))
-            deaf += worker.not_answering
-        yield tasks
-        yield age
-        yield info
-        yield collision
+        """What sums the workers up; each worker's own series are `metrics_workers.worker_series`."""
+        workers = list(self.model.cluster)
         yield GaugeMetricFamily(
-            "drainctl_hostname_collisions", "Hostnames used by more than one live worker process.", value=collisions
+            "drainctl_hostname_collisions", "Hostnames used by more than one live worker process.",
+            value=sum(w.collision for w in workers),
         )
-        yield not_answering
-        yield from self._worker_totals(deaf)
+        yield from self._worker_totals(sum(w.not_answering for w in workers))
 
     def _worker_totals(self, deaf: int) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -330,25 +287,9 @@ class ModelCollector(Collector):
                                 value=stats.started_wall)
 
 
-class _Collected(Collector):
-    """Metric families already collected: rendering them reads nothing of the live model."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self.families)
-
-
-async def render(registry: CollectorRegistry) -> bytes:
-    """The exposition text of `registry`: collected on the event loop, formatted in a thread.
-
-    Collecting reads the model, which only the loop may do; formatting is most of the cost (about 50 ms
-    for 1,000 workers), and in a thread it no longer holds up the events meanwhile.
-    """
-    collected = CollectorRegistry(auto_describe=False)
-    collected.register(_Collected(list(registry.collect())))
-    return await anyio.to_thread.run_sync(generate_latest, collected)
+def exposition(registry: CollectorRegistry, model: ReadModel) -> bytes:
+    """The whole /metrics page: the registry's families, then each worker's series."""
+    return generate_latest(registry) + worker_series(model.cluster, model.now()).encode()
 
 
 def registry_for(model: ReadModel) -> CollectorRegistry:

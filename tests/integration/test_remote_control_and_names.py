@@ -24,14 +24,13 @@ from typing import Any
 import anyio
 import pytest
 from celery import Celery
-from prometheus_client import generate_latest
 
 from drainctl import config, http, logs
 from drainctl.app import Controller
 from drainctl.core.drain import DrainRefused, Outcome
 from drainctl.core.model import WorkerState
 from drainctl.core.snapshot import TaskState
-from drainctl.metrics import registry_for
+from drainctl.metrics import exposition, registry_for
 from drainctl.status import build_status
 from tests.integration.conftest import REPO_ROOT, WorkerProc
 from tests.integration.controllers import synced
@@ -90,7 +89,7 @@ async def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def metrics(ctl: Controller) -> str:
-    return generate_latest(registry_for(ctl)).decode()
+    return exposition(registry_for(ctl), ctl).decode()
 
 
 def status_of(ctl: Controller, hostname: str) -> dict[str, Any]:
