@@ -188,7 +188,8 @@ def time_alone(ctl: Any, feed: Feed, reps: int) -> dict[str, float]:
 
 def read_side(ctl: Any, reps: int = 10) -> dict[str, float]:
     """What the HTTP handlers do, on this model: /status (build_status, orjson with indent) and /metrics
-    (`drainctl.metrics.exposition`: prometheus_client's generate_latest, then the per-worker series). Median ms and the size."""
+    (`drainctl.metrics.exposition`: prometheus_client's generate_latest, then the per-worker series).
+    Median ms and the size."""
     import orjson
 
     from drainctl.metrics import exposition, registry_for

@@ -4,12 +4,13 @@ At 1,000 workers they are 7,000 of the page's samples. prometheus_client builds 
 and formats every label of every sample in its general way: about 70 ms on the event loop per scrape,
 which is event lag for the whole controller (bench/README.md, fleet). Here each hostname is escaped once
 for its seven lines, and the text is the same that `generate_latest` writes for these families (labels in
-sorted order, values as Go floats): `tests/core/test_metrics_workers.py` compares the two.
+sorted order, values as Go floats): `tests/test_metrics_workers.py` compares the two.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import chain
 from typing import Final
 
 from prometheus_client.utils import floatToGoString
@@ -18,7 +19,7 @@ from drainctl.core.model import Cluster
 from drainctl.core.snapshot import TaskState
 from drainctl.core.worker import Worker
 
-# (name, help, label names in the order of the values each line gets)
+# (name, help) of each family
 TASKS: Final = ("drainctl_worker_tasks",
                 "Tasks a worker holds, by state: running, reserved (prefetched) or scheduled (ETA).")
 HEARTBEAT_AGE: Final = ("drainctl_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.")
@@ -60,7 +61,7 @@ def worker_series(cluster: Cluster, now: float) -> str:
                     f'task_events="{worker.task_events.value}"}} 1.0\n')
         collision.append(f"{COLLISION[0]}{{{host}}} {int(worker.collision)}.0\n")
         unanswered.append(f"{UNANSWERED[0]}{{{host}}} {int(worker.not_answering)}.0\n")
-    return "".join(_chain(tasks, age, info, collision, unanswered))
+    return "".join(chain(tasks, age, info, collision, unanswered))
 
 
 def _task_counts(worker: Worker) -> Iterable[tuple[str, int]]:
@@ -68,8 +69,3 @@ def _task_counts(worker: Worker) -> Iterable[tuple[str, int]]:
     for task in worker.tasks.values():
         counts[task.state] += 1
     return ((state.value, count) for state, count in counts.items())
-
-
-def _chain(*parts: list[str]) -> Iterable[str]:
-    for part in parts:
-        yield from part

@@ -180,7 +180,8 @@ class Cluster:
         notice = note_pid(worker, event.pid, now, "task", self.silent_window(worker))
         if notice is not None:
             notices.append(notice)
-        # The model's own hostname string: a tombstone outlives the event, and need not keep its copy.
+        # The model's own hostname (and, below, pid) objects: a tombstone outlives the event and need not
+        # keep its copies.
         key = (worker.hostname, event.uuid)
         correction = self._corrections.get(key)
         if correction is not None and same_process(correction.pid, event.pid) and event.clock <= correction.clock:

@@ -72,7 +72,6 @@ _ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutEr
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-
 def container_name(hostname: str) -> str:
     """A unique, valid container name derived from the Celery hostname (`w1@host` -> `drainctl-w1_host-1a2b3c4d`)."""
     safe = _NAME_UNSAFE.sub("_", hostname).strip("_.-")[:100] or "worker"

@@ -41,7 +41,7 @@ def finished_at(state: dict[str, Any]) -> float | None:
 def judge_forced(
     exit_code: int | None, state: dict[str, Any] | None, stopping: tuple[float, int] | None, now: float
 ) -> bool:
-    """Whether the engine killed the worker because a stop timeout expired (the heuristic of the module docstring)."""
+    """Whether the engine killed the worker because a stop timeout expired (the heuristic in docker.py's docstring)."""
     if stopping is None or exit_code != 128 + signal_mod.SIGKILL:
         return False
     if state is not None and state.get("OOMKilled"):
