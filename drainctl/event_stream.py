@@ -28,21 +28,23 @@ import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
+from drainctl.amqp_frames import Deliveries, FrameBuffer
 from drainctl.broker import EventBatch, EventQueueSpec, TlsFiles
 from drainctl.core.events import Decoded, decode_message
 from drainctl.errors import BrokerUnavailableError
 from drainctl.redact import redact_text, redact_url
 
-# How long one read waits for the first message of a batch; a stop request is seen within it.
+# How long one read waits for the first bytes of a batch; a stop request is seen within it.
 IDLE_WAIT_S: Final = 0.2
-# Once a message has come, how long to wait for more before the batch is handed over: a busy stream
-# is handed over in large batches, an idle one message by message.
-MORE_WAIT_S: Final = 0.0005
+# Once bytes have come and what followed them without waiting is read, how long the rest of the burst
+# may take to arrive before the batch is handed over: a few ms of lag for one wakeup per burst instead
+# of one per message. A backlog fills the batch without it.
+GATHER_S: Final = 0.002
 HEARTBEAT_S: Final = 60
 HEARTBEAT_TICK_S: Final = 1.0
 CONNECT_TIMEOUT_S: Final = 30.0
-# Enough for a few messages, small enough that keeping the rest of a read costs little to copy.
-READ_AHEAD_BYTES: Final = 16384
+# Bytes asked for by one system call: a backlog is read in few calls.
+RECV_BYTES: Final = 65536
 
 # The loop side: hand a decoded batch (and its size in bytes) to the reducer's inbox.
 BatchHandler = Callable[[EventBatch, int], Coroutine[Any, Any, None]]
@@ -111,10 +113,14 @@ class _Pending:
         self.nbytes = 0
         self.last_tag = 0
 
-    def add(self, message: amqp.Message) -> None:
-        self.batch.append(decode_message(message.body, message.properties.get("content_type")))
-        self.nbytes += len(message.body)
-        self.last_tag = message.delivery_tag
+    def add(self, tag: int, content_type: str | None, body: bytes) -> None:
+        self.batch.append(decode_message(body, content_type))
+        self.nbytes += len(body)
+        self.last_tag = tag
+
+    def add_message(self, message: amqp.Message) -> None:
+        """A delivery py-amqp read itself (while the consumer was being set up)."""
+        self.add(message.delivery_tag, message.properties.get("content_type"), message.body)
 
     def take(self) -> tuple[list[Decoded], int, int]:
         """The batch, its size in bytes and the delivery tag that acks all of it; empty again."""
@@ -165,67 +171,101 @@ class EventStream:
         )
         try:
             connection.connect()
-            _read_ahead(connection.transport)
             channel = connection.channel()
             # Bodies stay bytes: orjson reads them directly.
             channel.auto_decode = False
             channel.basic_qos(0, self.spec.prefetch, False)
             pending = _Pending()
-            channel.basic_consume(self.spec.name, callback=pending.add, no_ack=False)
+            channel.basic_consume(self.spec.name, callback=pending.add_message, no_ack=False)
+            reader = _Reader(connection, channel.channel_id, pending, max(1, self._window.limit // 4))
             anyio.from_thread.run_sync(consuming.set)
             ticked = time.monotonic()
-            while not stopping.is_set():
-                self._read(connection, pending)
-                if time.monotonic() - ticked >= HEARTBEAT_TICK_S:
-                    # Sends a heartbeat when due; raises when the broker has been silent too long.
-                    connection.heartbeat_tick()
-                    ticked = time.monotonic()
-                if pending.batch:
-                    batch, nbytes, last = pending.take()
-                    if not self._window.take(len(batch), stopping):
-                        return
-                    anyio.from_thread.run(handle, batch, nbytes)
-                    channel.basic_ack(last, multiple=True)
+            try:
+                while not stopping.is_set():
+                    reader.read()
+                    if time.monotonic() - ticked >= HEARTBEAT_TICK_S:
+                        # Sends a heartbeat when due; raises when the broker has been silent too long.
+                        connection.heartbeat_tick()
+                        ticked = time.monotonic()
+                    if pending.batch:
+                        batch, nbytes, last = pending.take()
+                        if not self._window.take(len(batch), stopping):
+                            return
+                        anyio.from_thread.run(handle, batch, nbytes)
+                        channel.basic_ack(last, multiple=True)
+            finally:
+                reader.give_back()
         finally:
             stopping.set()
             _close(connection)
 
-    def _read(self, connection: amqp.Connection, pending: _Pending) -> None:
-        """Read until a batch is complete: whatever arrives without waiting, up to the window's size.
 
-        The socket's own timeout bounds each wait. `drain_events(timeout=...)` would set and restore
-        it around every frame: two system calls and a context manager per frame, which were most of
-        the thread's time.
-        """
+class _Reader:
+    """Reads the connection's socket in large chunks; the consumer's deliveries go to `pending`, every other
+    frame to py-amqp (`drainctl.amqp_frames`).
+
+    Writes (acks, heartbeats) stay py-amqp's, in blocking mode as it expects; only reads are done here.
+    """
+
+    def __init__(self, connection: amqp.Connection, channel: int, pending: _Pending, batch_limit: int) -> None:
         transport = connection.transport
-        sock = transport.sock
-        # `blocking_read` without its per-frame context manager: a frame in, dispatched.
-        read_frame, on_frame = transport.read_frame, connection.on_inbound_frame
-        sock.settimeout(IDLE_WAIT_S)
+        self._connection = connection
+        self._transport = transport
+        self._sock = transport.sock
+        self._on_frame = Deliveries(channel, pending.add, connection.on_inbound_frame, self._count_frame).feed
+        self._pending = pending
+        self._batch_limit = batch_limit
+        # Bytes py-amqp read ahead while the consumer was set up belong to the stream.
+        self._frames = FrameBuffer(transport._read_buffer)
+        transport._read_buffer = b""
+
+    def read(self) -> None:
+        """Read until a batch is complete: the bytes of one burst, waiting at most IDLE_WAIT_S for its start
+        and GATHER_S for its rest, up to a quarter of the window (the thread reads the next batch while the
+        reducer applies this one)."""
+        self._dispatch()
+        sock, pending, limit = self._sock, self._pending, self._batch_limit
         try:
-            # A quarter of the window: the thread reads the next batch while the reducer applies this one.
-            while len(pending.batch) < max(1, self._window.limit // 4):
-                before = len(pending.batch)
-                try:
-                    on_frame(read_frame())
-                except TimeoutError:
+            if not pending.batch:
+                sock.settimeout(IDLE_WAIT_S)
+                if not self._recv():
                     return
-                if before == 0 and pending.batch:
-                    sock.settimeout(MORE_WAIT_S)
+            sock.settimeout(0.0)
+            gathered = False
+            while True:
+                while len(pending.batch) < limit and self._recv():
+                    pass
+                if gathered or len(pending.batch) >= limit:
+                    return
+                time.sleep(GATHER_S)
+                gathered = True
         finally:
             # Writes (acks, heartbeats) block, as py-amqp expects.
             sock.settimeout(None)
 
+    def give_back(self) -> None:
+        """Leave what was read and not dispatched to py-amqp, which reads on while the connection closes."""
+        self._transport._read_buffer = self._frames.take_rest() + self._transport._read_buffer
 
-def _read_ahead(transport: Any) -> None:
-    """Let the transport read up to READ_AHEAD_BYTES per system call instead of exactly one frame part.
+    def _recv(self) -> bool:
+        """One `recv` within the socket's timeout, its whole frames dispatched; False when nothing had come."""
+        try:
+            data = self._sock.recv(RECV_BYTES)
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
+            return False
+        if not data:
+            raise OSError("Server unexpectedly closed connection")
+        self._frames.feed(data)
+        self._dispatch()
+        return True
 
-    py-amqp reads each frame's header and then its payload with a `recv` each: six system calls (and six
-    polls, under a timeout) per delivered message. Its reader keeps whatever a read returns beyond what
-    it asked for, and serves the next reads from it, so a larger read is all it takes.
-    """
-    recv = transport._quick_recv
-    transport._quick_recv = lambda n: recv(max(n, READ_AHEAD_BYTES))
+    def _count_frame(self) -> None:
+        self._connection.bytes_recv += 1
+
+    def _dispatch(self) -> None:
+        on_frame = self._on_frame
+        for frame in self._frames.frames():
+            on_frame(frame)
 
 
 def _close(connection: amqp.Connection) -> None:

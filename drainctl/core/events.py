@@ -218,7 +218,8 @@ def decode_message(body: bytes, content_type: str | None = "application/json") -
     A list body (``task.multi``) yields one event per element; a bad element is rejected
     alone, its neighbours still count.
     """
-    if content_type is not None and content_type.split(";", 1)[0].strip().lower() not in _JSON_TYPES:
+    if (content_type is not None and content_type not in _JSON_TYPES
+            and content_type.split(";", 1)[0].strip().lower() not in _JSON_TYPES):
         return Decoded((), (Rejection("wrong-content-type", _short(content_type)),))
     if len(body) > MAX_MESSAGE_BYTES:
         return Decoded((), (Rejection("oversized-message", f"{len(body)} bytes"),))
