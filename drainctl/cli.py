@@ -1,9 +1,9 @@
-"""Command line: `drainctl run | status | drain | rollout | rollout status | rollback | entrypoint`.
+"""Command line: `drainctl run | status | drain | rollout | rollout status | rollback | entrypoint | entrypoint-ready`.
 
 `run` is the controller. `status`, `drain`, `rollout` (re-read the config file, as SIGHUP does),
 `rollout status` and `rollback` are clients of its HTTP API (`--url`; the token of the POST endpoints comes
 from DRAINCTL_API_TOKEN). `entrypoint` runs a worker command as a child and drains it on SIGTERM, without a
-controller (docs/entrypoint.md).
+controller (docs/entrypoint.md); `entrypoint-ready` is its readiness probe (docs/kubernetes.md).
 
 Exit codes (`entrypoint` exits with its worker's): 0 ok; 1 the operation failed (a drain ended `lost` or
 `cancelled`, the API is unreachable); 2 bad input (options, config, token: the API answered the command's
@@ -32,6 +32,7 @@ import click
 import structlog
 
 from drainctl import __version__, config, gc_tuning, logs
+from drainctl.cli_entrypoint import entrypoint, entrypoint_ready
 from drainctl.errors import ApiError, ConfigError, DrainctlError
 from drainctl.redact import redact_text
 
@@ -468,33 +469,7 @@ def rollback(pool: str, version: str | None, url: str) -> None:
     click.echo(f"pool {result['pool']} rolling back to {result['version']} (pinned until the config changes)")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--broker", "broker_url", metavar="URL",
-              help="RabbitMQ URL (default: DRAINCTL_BROKER_URL). Prefer the variable: argv is visible to all users.")
-@click.option("--grace", "grace_s", type=click.FloatRange(min=0, min_open=True), metavar="S",
-              help="Longest wait for the drain; past it the worker gets SIGTERM with what it still holds.")
-@click.option("--reply-timeout", "reply_timeout_s", type=click.FloatRange(min=0, min_open=True), default=2.0,
-              show_default=True, metavar="S", help="Deadline for the worker's remote-control replies.")
-@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True)
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def entrypoint(broker_url: str | None, grace_s: float | None, reply_timeout_s: float, log_format: str,
-               log_level: str, command: tuple[str, ...]) -> None:
-    """Run a Celery worker command as a child (e.g. as a container's PID 1) and drain it on SIGTERM.
-
-    drainctl entrypoint -- celery -A proj worker -n w1@%h -Q default
-
-    Other signals pass through; the exit code is the worker's. See docs/entrypoint.md.
-    """
-    from drainctl import entrypoint as entry
-
-    logs.configure(log_format, log_level)
-    url = broker_url or os.environ.get(config.BROKER_URL_ENV)
-    if not url:
-        _die(f"no broker URL: set {config.BROKER_URL_ENV} (or --broker)", EXIT_BAD_INPUT)
-    try:
-        code = entry.main(command, url, grace_s=grace_s, reply_timeout_s=reply_timeout_s)
-    except ValueError as exc:
-        _die(exc, EXIT_BAD_INPUT)
-    sys.exit(code)
+# `entrypoint` and its readiness probe `entrypoint-ready` (the probe is usually answered before this
+# module is even imported: drainctl.launcher).
+main.add_command(entrypoint)
+main.add_command(entrypoint_ready)

@@ -15,6 +15,10 @@ PID 1 must: orphans are re-parented to it). SIGTERM starts a drain of that one w
 
 If the broker cannot be reached (or is lost mid-drain), SIGTERM is forwarded as is. Decisions are
 made by the pure `drainctl.core.entrypoint_drain.EntrypointDrain`; this module only does the I/O.
+
+With `--ready-file PATH` the entrypoint also says when the worker consumes, for a readiness probe
+(`drainctl.readiness`): the file appears once the worker answers that it consumes its queues, and goes
+the moment a stop signal arrives, before anything else.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ import anyio.abc
 import structlog
 from aio_pika.abc import AbstractConnection
 
-from drainctl import broker
+from drainctl import broker, ready_file
 from drainctl.core.commands import Reconcile
 from drainctl.core.entrypoint_drain import Action, EntrypointDrain, Phase, WorkerCommand, held, worker_command
 from drainctl.core.model import Cluster
 from drainctl.core.snapshot import build_snapshot
+from drainctl.readiness import ReadyFile
 from drainctl.redact import redact_url
 
 log = structlog.get_logger("drainctl.entrypoint")
@@ -59,6 +64,8 @@ QUEUE_MAX_LENGTH: Final = 100_000
 CONNECT_TIMEOUT_S: Final = 10.0
 SNAPSHOT_ATTEMPTS: Final = 3
 MAX_REAPED_PER_SIGNAL: Final = 10_000
+# Signals that stop the worker: the ready file goes at once (SIGTERM starts the drain, the others are forwarded).
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 class DrainFailed(Exception):
@@ -73,7 +80,7 @@ def exit_code(status: int) -> int:
 
 class Entrypoint:
     def __init__(self, command: WorkerCommand, url: str, *, grace_s: float | None = None,
-                 reply_timeout_s: float = 2.0) -> None:
+                 reply_timeout_s: float = 2.0, ready_path: str | None = None) -> None:
         self.command = command
         self.hostname = command.nodename
         self.url = url
@@ -86,6 +93,7 @@ class Entrypoint:
         self.exited = anyio.Event()
         self._changed = anyio.Event()
         self._reconcile_wanted = False
+        self.ready = ReadyFile(ready_path, self.hostname, url, reply_timeout_s=reply_timeout_s) if ready_path else None
 
     # ------------------------------------------------------------------ process
     async def run(self) -> int:
@@ -101,7 +109,11 @@ class Entrypoint:
             self._reap()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._on_signals, signals, tg)
+                if self.ready is not None:
+                    tg.start_soon(self.ready.run)
                 await self.exited.wait()
+                if self.ready is not None:
+                    self.ready.stop("the worker exited")
                 tg.cancel_scope.cancel()
         assert self.exit_code is not None
         log.info("worker exited", worker=self.hostname, pid=self.pid, exit_code=self.exit_code,
@@ -137,6 +149,8 @@ class Entrypoint:
 
     async def _on_signals(self, signals: Any, tg: anyio.abc.TaskGroup) -> None:
         async for signum in signals:
+            if signum in STOP_SIGNALS and self.ready is not None:
+                self.ready.stop(signal.Signals(signum).name)
             if signum == signal.SIGCHLD:
                 self._reap()
             elif signum == signal.SIGTERM:
@@ -278,8 +292,11 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def main(argv: Sequence[str], url: str, *, grace_s: float | None = None, reply_timeout_s: float = 2.0) -> int:
-    """Raises ValueError for a command whose node name cannot be told."""
+def main(argv: Sequence[str], url: str, *, grace_s: float | None = None, reply_timeout_s: float = 2.0,
+         ready_path: str | None = None) -> int:
+    """Raises ValueError for a command whose node name cannot be told, or a ready file that cannot be written."""
     command = worker_command(argv, socket.gethostname())
-    entrypoint = Entrypoint(command, url, grace_s=grace_s, reply_timeout_s=reply_timeout_s)
+    if ready_path is not None:
+        ready_file.prepare(ready_path)
+    entrypoint = Entrypoint(command, url, grace_s=grace_s, reply_timeout_s=reply_timeout_s, ready_path=ready_path)
     return anyio.run(entrypoint.run)
