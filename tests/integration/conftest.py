@@ -30,7 +30,8 @@ recorded into a worker's ``record_dir``). What several test modules share lives 
 never in a test module (``tests/test_suite_layout.py`` checks): ``controllers`` (a real Controller in
 a test: ``synced``, ``controller_with_runtime``, ``stop_workers``, ``held``, ``connection_pids``),
 ``pools`` (a pool "p" and its config file: ``PoolHarness``, ``running``, ``pool_at``, ``ConsumerLog``),
-``tasks`` (``send``, ``sender_app``, ``worker_spec``), ``docker_support``, ``private_rabbit`` and
+``tasks`` (``send``, ``sender_app``, ``worker_spec``), ``entrypoints`` (``drainctl entrypoint`` as a
+subprocess: ``Entrypoint``, ``worker_argv``, ``entrypoint_env``), ``docker_support``, ``private_rabbit`` and
 ``private_dockerd``.
 """
 

@@ -20,6 +20,11 @@ fixture. It is configured from the environment so each worker can be started dif
     Comma-separated task names left unregistered: a "new version" that lacks them.
 ``TASKAPP_EXIT_WHEN_READY``
     ``"1"``: the worker exits (code 3) as soon as it is ready, after its worker-online.
+``TASKAPP_CONSUME_GATE``
+    If set, a path: the worker, once it has sent its worker-online and set up its consumers but before
+    its event loop starts (the loop starts consuming, then reads remote control), writes
+    ``<path>.reached`` and waits until ``<path>`` exists. Until then it consumes nothing, answers no
+    remote control and sends no heartbeat.
 ``TASKAPP_DEFAULT_QUEUE``
     ``task_default_queue`` (default ``"default"``).
 ``TASKAPP_MAX_PRIORITY``
@@ -50,7 +55,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, bootsteps, signals
 from kombu import Exchange, Queue
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -178,3 +183,25 @@ for _name in filter(None, os.environ.get("TASKAPP_OMIT", "").split(",")):
 def _exit_when_ready(**_: Any) -> None:
     if os.environ.get("TASKAPP_EXIT_WHEN_READY") == "1":
         os._exit(3)
+
+
+class _ConsumeGate(bootsteps.StartStopStep):
+    """``TASKAPP_CONSUME_GATE``: after worker-online (Heart), the consumers' set-up (Tasks) and the pidbox
+    (Control); the event loop (Evloop) is always started last, after this step."""
+
+    requires = (
+        "celery.worker.consumer.heart:Heart",
+        "celery.worker.consumer.tasks:Tasks",
+        "celery.worker.consumer.control:Control",
+    )
+
+    def start(self, c: Any) -> None:
+        gate = os.environ["TASKAPP_CONSUME_GATE"]
+        with open(f"{gate}.reached", "w", encoding="utf-8"):
+            pass
+        while not os.path.exists(gate):
+            time.sleep(0.05)
+
+
+if os.environ.get("TASKAPP_CONSUME_GATE"):
+    app.steps["consumer"].add(_ConsumeGate)
