@@ -379,7 +379,11 @@ async def consume_existing(url: str, queue: str, n: int, timeout_s: float) -> di
         async def on_batch(batch: broker.EventBatch, nbytes: int) -> None:
             controller.apply(EventsIn(batch, nbytes, stream.applied))
 
-        await tg.start(stream.run, on_batch)
+        def on_batch_now(batch: broker.EventBatch, nbytes: int) -> bool:
+            controller.apply(EventsIn(batch, nbytes, stream.applied))
+            return True
+
+        await tg.start(stream.run, on_batch, on_batch_now)
         await controller.wait_for(lambda: stats.events > 0, timeout_s)
         meter.first()
         await controller.wait_for(lambda: stats.events >= n, timeout_s)

@@ -92,7 +92,8 @@ class Controller:
         self._receive: MemoryObjectReceiveStream[Input] = receive
         self.pools = PoolService(settings, self._fleet, all_runtimes, config_path=config_path,
                                  file_settings=file_settings if file_settings is not None else settings)
-        self.session = BrokerSession(settings, broker_url, self.event_queue, self._stats, self._send.send, clock)
+        self.session = BrokerSession(settings, broker_url, self.event_queue, self._stats, self._send.send,
+                                     self._send.send_nowait, clock)
         self.executor = CommandExecutor(self.session, self.pools, self._fleet, settings.broker.reply_timeout_s,
                                         self._send.send, clock)
         self.reducer = Reducer(self._cluster, self._fleet, self._drains, self.pools, self._stats,

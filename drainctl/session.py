@@ -36,13 +36,15 @@ FIRST_BACKOFF_S = 0.5
 class BrokerSession:
     def __init__(
         self, settings: Settings, broker_url: str, event_queue: broker.EventQueueSpec, stats: IngestStats,
-        send: Callable[[Input], Awaitable[None]], clock: Callable[[], float],
+        send: Callable[[Input], Awaitable[None]], send_now: Callable[[Input], None], clock: Callable[[], float],
     ) -> None:
         self.settings = settings
         self.broker_url = broker_url
         self.event_queue = event_queue
         self.stats = stats
         self._send = send
+        # Raises anyio.WouldBlock when the inbox is full.
+        self._send_now = send_now
         self._clock = clock
         # Set while connected, None otherwise: the executor reads them at the moment it acts.
         self.control: broker.ControlClient | None = None
@@ -100,8 +102,15 @@ class BrokerSession:
             async def on_batch(batch: broker.EventBatch, nbytes: int) -> None:
                 await self._send(EventsIn(batch, nbytes, stream.applied))
 
+            def on_batch_now(batch: broker.EventBatch, nbytes: int) -> bool:
+                try:
+                    self._send_now(EventsIn(batch, nbytes, stream.applied))
+                except anyio.WouldBlock:
+                    return False
+                return True
+
             async with anyio.create_task_group() as tg:
-                await tg.start(stream.run, on_batch)
+                await tg.start(stream.run, on_batch, on_batch_now)
                 tg.start_soon(broker.consume_dropped, dropped_channel, self.event_queue, self._on_dropped)
                 self.control = control
                 self.connection = connection
