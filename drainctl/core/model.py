@@ -11,7 +11,6 @@ process speaks for a name (`collisions`), whether a worker answers remote contro
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Final
 
@@ -20,7 +19,7 @@ from drainctl.core.collisions import collide, drop_tasks_of_dead_incarnation, fo
 from drainctl.core.commands import Command, EnableEvents, Reconcile
 from drainctl.core.events import TERMINAL_TASK_EVENTS, Event, TaskEvent, WorkerEvent
 from drainctl.core.notices import Notice
-from drainctl.core.ordering import Tombstone, same_process
+from drainctl.core.ordering import Tombstones, same_process
 from drainctl.core.reconcile import Correction, due_corrections, merge_tasks
 from drainctl.core.remote_control import REMOTE_CONTROL_CHECK
 from drainctl.core.snapshot import TaskState, WorkerSnapshot
@@ -49,9 +48,8 @@ class Cluster:
         self.offline_retention_s = offline_retention_s
         self.reconcile_min_interval_s = reconcile_min_interval_s
         self.no_remote_control_after_s = no_remote_control_after_s
-        self.max_tombstones = max_tombstones
         self.workers: dict[str, Worker] = {}
-        self._tombstones: OrderedDict[tuple[str, str], Tombstone] = OrderedDict()
+        self._tombstones = Tombstones(max_tombstones)
         self._corrections: dict[tuple[str, str], Correction] = {}
         # History lives in counters, not in the model: memory is O(in-flight).
         self.events_by_type: dict[str, int] = {}
@@ -193,7 +191,7 @@ class Cluster:
             self._end(worker, task, event, now)
         else:
             # Re-received after it ended here (a retry, a redelivery): alive again.
-            self._tombstones.pop(key, None)
+            self._tombstones.revive(key)
             if event.type == "task-received":
                 _received(worker, task, event, now)
             else:  # task-started
@@ -212,12 +210,8 @@ class Cluster:
             del worker.tasks[event.uuid]
             worker.last_task_end = now
             worker.last_task_end_clock = max(worker.last_task_end_clock, event.clock)
-        key = (worker.hostname, event.uuid)
-        tombstones = self._tombstones
-        tombstones[key] = Tombstone(event.clock, worker.pid if worker.pid == event.pid else event.pid)
-        tombstones.move_to_end(key)
-        while len(tombstones) > self.max_tombstones:
-            tombstones.popitem(last=False)
+        self._tombstones.bury((worker.hostname, event.uuid), event.clock,
+                              worker.pid if worker.pid == event.pid else event.pid)
         outcomes = self.task_outcomes
         outcomes[event.type] = outcomes.get(event.type, 0) + 1
 
@@ -270,7 +264,7 @@ class Cluster:
         if snapshot.tasks is None:
             return commands, notices
         self.snapshots_merged += 1
-        base, added, removed = merge_tasks(worker, snapshot.tasks, snapshot.clock, self._tombstones, now)
+        base, added, removed = merge_tasks(worker, snapshot.tasks, snapshot.clock, self._tombstones.by_key, now)
         if worker.synced:
             for uuids, was_added in ((added, True), (removed, False)):
                 for uuid in uuids:

@@ -8,6 +8,7 @@ import pytest
 
 from drainctl.core.commands import EnableEvents, Reconcile
 from drainctl.core.model import Cluster
+from drainctl.core.ordering import Tombstones
 from drainctl.core.worker import TaskEvents, WorkerState
 from tests.core.factories import ETA, HOST, feed, online, states, task_event, worker_event
 
@@ -60,6 +61,21 @@ def test_tombstones_are_bounded() -> None:
     feed(cluster, [task_event("succeeded", f"t{i}", 10 + i) for i in range(10)])
     assert cluster.tombstones() == 3
     assert cluster.task_outcomes == {"task-succeeded": 10}
+
+
+def test_a_task_buried_again_keeps_its_tombstone_as_long_as_a_new_one() -> None:
+    store = Tombstones(limit=3)
+    store.bury(("w", "a"), 1, 7)
+    store.revive(("w", "a"))  # a retry: alive again
+    assert store.get(("w", "a")) is None
+    store.bury(("w", "a"), 5, 7)  # and finished again
+    store.bury(("w", "b"), 6, 7)
+    store.bury(("w", "c"), 7, 7)  # a's first burial goes out of the queue; its new tombstone stays
+    assert store.get(("w", "a")) == store.by_key[("w", "a")] and store.by_key[("w", "a")].clock == 5
+    assert len(store) == 3
+    store.bury(("w", "d"), 8, 7)  # now a's second burial is the oldest
+    assert store.get(("w", "a")) is None
+    assert sorted(k for _, k in store.by_key) == ["b", "c", "d"]
 
 
 def test_task_sent_is_counted_but_creates_no_worker() -> None:
