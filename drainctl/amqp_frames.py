@@ -35,39 +35,42 @@ Frame = tuple[int, int, bytes]
 
 
 class FrameBuffer:
-    """Bytes read from the broker and not yet split into whole frames."""
+    """Bytes read from the broker and not yet split into whole frames.
+
+    Kept as `bytes`, not a bytearray: a frame's payload is then one slice, and a read that ends on a
+    frame boundary (the usual case) is kept as it came, without a copy.
+    """
 
     def __init__(self, initial: bytes = b"") -> None:
-        self._buffer = bytearray(initial)
+        self._buffer = initial
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        self._buffer = self._buffer + data if self._buffer else data
 
     def frames(self) -> list[Frame]:
         """Every whole frame in the buffer, in order, as py-amqp's `read_frame` returns them; a partial
         frame stays for the next read."""
         buffer = self._buffer
         out: list[Frame] = []
+        append, unpack = out.append, _HEADER.unpack_from
         start = 0
         end = len(buffer)
-        with memoryview(buffer) as view:
-            while end - start >= _HEADER.size:
-                frame_type, channel, size = _HEADER.unpack_from(buffer, start)
-                payload_at = start + _HEADER.size
-                frame_end_at = payload_at + size
-                if frame_end_at >= end:
-                    break
-                if buffer[frame_end_at] != _FRAME_END:
-                    raise UnexpectedFrame(f"Received frame_end {buffer[frame_end_at]:#04x} while expecting 0xce")
-                out.append((frame_type, channel, bytes(view[payload_at:frame_end_at])))
-                start = frame_end_at + 1
-        del buffer[:start]
+        while end - start >= _HEADER.size:
+            frame_type, channel, size = unpack(buffer, start)
+            payload_at = start + _HEADER.size
+            frame_end_at = payload_at + size
+            if frame_end_at >= end:
+                break
+            if buffer[frame_end_at] != _FRAME_END:
+                raise UnexpectedFrame(f"Received frame_end {buffer[frame_end_at]:#04x} while expecting 0xce")
+            append((frame_type, channel, buffer[payload_at:frame_end_at]))
+            start = frame_end_at + 1
+        self._buffer = buffer[start:] if start else buffer
         return out
 
     def take_rest(self) -> bytes:
         """What is left (part of a frame, or frames not split yet); the buffer is empty again."""
-        rest = bytes(self._buffer)
-        self._buffer.clear()
+        rest, self._buffer = self._buffer, b""
         return rest
 
     def __len__(self) -> int:
