@@ -22,6 +22,7 @@ from drainctl.core.notices import Notice
 from drainctl.core.ordering import Tombstones, same_process
 from drainctl.core.reconcile import Correction, due_corrections, merge_tasks
 from drainctl.core.remote_control import REMOTE_CONTROL_CHECK
+from drainctl.core.runtimes import RuntimeHistory
 from drainctl.core.snapshot import TaskState, WorkerSnapshot
 from drainctl.core.worker import Task, TaskEvents, Worker, WorkerState
 
@@ -32,6 +33,8 @@ __all__ = [
 
 # Late events arrive within seconds; 20k finished tasks covers a fleet doing 1000 tasks/s.
 DEFAULT_MAX_TOMBSTONES: Final = 20_000
+# The task events whose `runtime` is the time a task ran.
+_RAN: Final = frozenset({"task-succeeded", "task-failed"})
 
 
 class Cluster:
@@ -56,6 +59,8 @@ class Cluster:
         self.late_events = 0
         self.task_outcomes: dict[str, int] = {}
         self.snapshots_merged = 0
+        # How long tasks of each name ran (bounded): what drains and scale-in estimate from.
+        self.runtimes = RuntimeHistory()
 
     # ------------------------------------------------------------------ queries
     def worker(self, hostname: str) -> Worker | None:
@@ -206,6 +211,10 @@ class Cluster:
         return task is not None and same_process(task.pid, event.pid) and event.clock < task.clock
 
     def _end(self, worker: Worker, task: Task | None, event: TaskEvent, now: float) -> None:
+        runtime = event.runtime
+        if runtime is not None and event.type in _RAN:
+            # task-succeeded and task-failed carry no name: task-received told it.
+            self.runtimes.record(task.name if task is not None and task.name is not None else event.name, runtime)
         if task is not None:
             del worker.tasks[event.uuid]
             worker.last_task_end = now

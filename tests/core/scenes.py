@@ -1,5 +1,6 @@
-"""Scenes the drain and remote-control tests share: a few workers on their queues, a drain brought to its
-waiting phase, a worker that heartbeats but never answers remote control."""
+"""Scenes the drain, remote-control and scaling tests share: a few workers on their queues, a drain brought to its
+waiting phase, a worker that heartbeats but never answers remote control, the tasks a worker holds and how long
+tasks ran before."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from drainctl.core.drain import DrainBook, DrainPolicy, Phase
 from drainctl.core.model import Cluster
 from drainctl.core.notices import Notice
-from tests.core.factories import feed, worker_event
+from tests.core.factories import feed, task_event, worker_event
 
 A, B, C = "a@h", "b@h", "c@h"
 POLICY = DrainPolicy(retire_grace_s=10, retry_s=5)
@@ -53,3 +54,22 @@ def deaf_worker(*, questions: int = 3, every: float = 10.0, host: str = A) -> tu
             heartbeat(cluster, now, host)
         notices += cluster.note_unanswered(host, asked, now)
     return cluster, notices
+
+
+def learnt(cluster: Cluster, name: str | None, *runtimes: float) -> None:
+    """The model has seen tasks of `name` run these many seconds."""
+    for runtime in runtimes:
+        cluster.runtimes.record(name, runtime)
+
+
+def holding(
+    cluster: Cluster, host: str, uuid: str, *, name: str = "app.sleep", started_at: float | None = None,
+    received_at: float = 0.0, eta: str | None = None,
+) -> None:
+    """`host` (its current process) received task `uuid` at `received_at` (held for `eta` if given) and, if
+    `started_at` is given, started it then."""
+    worker = cluster.worker(host)
+    pid = worker.pid if worker is not None and worker.pid is not None else 1
+    feed(cluster, [task_event("received", uuid, 10, host=host, pid=pid, name=name, eta=eta)], received_at)
+    if started_at is not None:
+        feed(cluster, [task_event("started", uuid, 11, host=host, pid=pid)], started_at)
