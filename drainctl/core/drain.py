@@ -41,6 +41,7 @@ from drainctl.core.model import Cluster
 from drainctl.core.notices import Notice
 from drainctl.core.policy import DrainPolicy
 from drainctl.core.refusals import DrainRefused
+from drainctl.core.scaling import drain_estimate
 from drainctl.core.worker import Worker, WorkerState, held
 
 # What code outside the core imports from here, wherever it is defined.
@@ -92,6 +93,9 @@ class Drain:
     escalated: bool = False
     outcome: Outcome | None = None
     finished_at: float | None = None
+    # When it was expected to end, from the runtime history, as it started (None: unknown); it ended at
+    # `finished_at`.
+    estimated_end_at: float | None = None
     detail: str = ""
     lost_tasks: tuple[str, ...] = ()
     # Seconds from the worker's last task end (or the drain's start, if later) to the `shutdown` command.
@@ -155,7 +159,7 @@ class DrainBook:
         drain = Drain(
             hostname=hostname, queues=queues, managed=managed, policy=policy, started_at=now, pid=worker.pid,
             requested_by=requested_by, forced=force, phase_since=now, unconfirmed=set(queues), asked_at=now,
-            held=held(worker) or (),
+            held=held(worker) or (), estimated_end_at=drain_estimate(worker, cluster.runtimes, now),
         )
         self.active[hostname] = drain
         self.started_total += 1
@@ -176,7 +180,7 @@ class DrainBook:
         drain = Drain(
             hostname=hostname, queues=queues, managed=managed, policy=policy, started_at=now,
             pid=worker.pid if worker is not None else None, requested_by=requested_by, phase=Phase.WAITING,
-            phase_since=now, held=held(worker) or (),
+            phase_since=now, held=held(worker) or (), estimated_end_at=drain_estimate(worker, cluster.runtimes, now),
         )
         self.active[hostname] = drain
         self.started_total += 1
