@@ -125,8 +125,12 @@ async def _serve(settings: config.Settings, file_settings: config.Settings, url:
     runtimes: dict[str, Any] = {}
     if any(p.runtime == "docker" for p in settings.pool):
         from drainctl.runtime.docker import DockerRuntime
+        from drainctl.runtime.docker_engine import EngineTls
 
-        runtimes["docker"] = DockerRuntime(settings.controller.id, settings.docker_host())
+        d = settings.docker
+        tls = None if d.ca_file is None and d.cert_file is None else EngineTls(
+            *(str(p) if p is not None else None for p in (d.ca_file, d.cert_file, d.key_file)))
+        runtimes["docker"] = DockerRuntime(settings.controller.id, settings.docker_host(), tls)
     controller = Controller(settings, url, runtime=runtime, runtimes=runtimes, config_path=config_path,
                             file_settings=file_settings)
     host, port = config.parse_listen(settings.http.listen)

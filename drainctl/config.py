@@ -10,6 +10,7 @@ context > ``/var/run/docker.sock`` (the last two are aiodocker's own lookup).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -120,9 +121,21 @@ def check_docker_host(value: str) -> None:
         raise ValueError(f"{expected}; give the host and the port the engine listens on")
 
 
+def is_loopback(hostname: str) -> bool:
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return hostname == "localhost"
+
+
 class DockerSettings(_Section):
     # Unset: DOCKER_HOST, else the docker CLI's current context, else /var/run/docker.sock. Read at start.
     host: str | None = None
+    # A tcp:// engine that requires client certificates (dockerd --tlsverify): the CA that signed the
+    # engine's certificate, and this controller's certificate and key (docs/deployment.md).
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @field_validator("host")
     @classmethod
@@ -130,6 +143,20 @@ class DockerSettings(_Section):
         if value is not None:
             check_docker_host(value)
         return value
+
+    @model_validator(mode="after")
+    def _tls_where_it_is_needed(self) -> DockerSettings:
+        tls = (self.ca_file, self.cert_file, self.key_file)
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file: give both (the client certificate and its key) or neither")
+        url = urllib.parse.urlsplit(self.host or "")
+        if any(tls) and url.scheme not in ("tcp", "https"):
+            raise ValueError("ca_file, cert_file, key_file: only for an engine at tcp://HOST:PORT; set host")
+        if url.scheme in ("tcp", "http") and not any(tls) and not is_loopback(url.hostname or ""):
+            raise ValueError(
+                f"host: {self.host} is an engine's API on the network without TLS: anyone who reaches it is root "
+                "on that machine. Start dockerd with --tlsverify and give ca_file, cert_file and key_file")
+        return self
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$")

@@ -143,6 +143,32 @@ def test_docker_host_key_wins_over_docker_host_env(tmp_path: Path, host: str) ->
     assert settings.docker_host({"DOCKER_HOST": "unix:///elsewhere.sock"}) == host
 
 
+TLS_FILES = 'ca_file = "ca.pem"\ncert_file = "cert.pem"\nkey_file = "key.pem"\n'
+
+
+@pytest.mark.parametrize(("docker", "expected"), [
+    ('host = "tcp://docker.example:2375"\n', r"tcp://docker\.example:2375 is an engine's API on the network without "
+     r"TLS: .* Start dockerd with --tlsverify and give ca_file, cert_file and key_file"),
+    ('host = "http://docker.example:2375"\n', "without TLS"),
+    ('host = "tcp://docker.example:2376"\ncert_file = "cert.pem"\n', "cert_file and key_file: give both"),
+    (f'host = "unix:///run/docker.sock"\n{TLS_FILES}', "only for an engine at tcp://HOST:PORT"),
+    (TLS_FILES, "only for an engine at tcp://HOST:PORT; set host"),
+])
+def test_a_remote_engine_needs_tls_and_tls_needs_a_remote_engine(tmp_path: Path, docker: str, expected: str) -> None:
+    path = write(tmp_path, f'[controller]\nid = "c"\n\n[docker]\n{docker}')
+    with pytest.raises(ConfigError, match=expected) as info:
+        config.load(path)
+    assert f"{path}:4: docker: " in str(info.value)
+
+
+@pytest.mark.parametrize("docker", [f'host = "tcp://docker.example:2376"\n{TLS_FILES}',
+                                    'host = "tcp://docker.example:2376"\nca_file = "ca.pem"\n',
+                                    'host = "tcp://localhost:2375"\n', 'host = "tcp://[::1]:2375"\n'])
+def test_a_remote_engine_over_tls_and_a_local_one_without_it_load(tmp_path: Path, docker: str) -> None:
+    settings = config.load(write(tmp_path, f"[docker]\n{docker}"))
+    assert settings.docker.host is not None
+
+
 def test_docker_host_env_then_aiodockers_own_lookup(tmp_path: Path) -> None:
     settings = config.load(None)
     assert settings.docker_host({"DOCKER_HOST": "tcp://127.0.0.1:2375"}) == "tcp://127.0.0.1:2375"

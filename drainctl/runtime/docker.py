@@ -52,6 +52,7 @@ from drainctl.runtime.base import (
     WorkerHandle,
     WorkerSpec,
 )
+from drainctl.runtime.docker_engine import EngineTls, engine_client
 from drainctl.runtime.docker_times import event_since, judge_forced, unix_since
 
 log = structlog.get_logger("drainctl.runtime.docker")
@@ -105,9 +106,10 @@ class DockerRuntime:
 
     name = "docker"
 
-    def __init__(self, controller_id: str, docker_url: str | None = None) -> None:
+    def __init__(self, controller_id: str, docker_url: str | None = None, tls: EngineTls | None = None) -> None:
         self.controller_id = controller_id
         self.docker_url = docker_url
+        self.tls = tls
         self._docker: aiodocker.Docker | None = None
         # Containers started or adopted by this instance (id -> handle), until their exit is reported.
         self._managed: dict[str, WorkerHandle] = {}
@@ -123,7 +125,7 @@ class DockerRuntime:
     def _client(self) -> aiodocker.Docker:
         if self._docker is None:
             try:
-                self._docker = aiodocker.Docker(url=self.docker_url)
+                self._docker = engine_client(self.docker_url, self.tls)
             except (AssertionError, ValueError) as exc:
                 raise RuntimeFailure(
                     f"no Docker engine found ({exc or 'no socket and no DOCKER_HOST'}): start dockerd "
@@ -151,6 +153,10 @@ class DockerRuntime:
     def _failure(what: str, exc: BaseException) -> RuntimeFailure:
         """A RuntimeFailure for an aiodocker/aiohttp failure, with a message that says what to do."""
         if isinstance(exc, aiodocker.DockerError):
+            if exc.status == 900 and "SSL" in str(exc.message):
+                return RuntimeFailure(
+                    f"{what}: TLS with the Docker engine failed ({exc.message}); check [docker] ca_file, "
+                    "cert_file and key_file against the engine's --tlscacert, --tlscert and --tlskey")
             if exc.status == 900:
                 return RuntimeFailure(
                     f"{what}: cannot reach the Docker engine ({exc.message}); is dockerd running? "

@@ -64,8 +64,10 @@ class PrivateDockerdError(RuntimeError):
 class PrivateDockerd:
     """A private Docker engine (see the module docstring); a context manager."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.directory = Path(directory)
+        # More flags, e.g. a TLS listener: ("--host=tcp://127.0.0.2:PORT", "--tlsverify", ...).
+        self.extra_args = extra_args
         self.directory.mkdir(parents=True, exist_ok=True)
         self.data_root = self.directory / "data"
         self.pidfile = self.directory / "dockerd.pid"
@@ -96,6 +98,7 @@ class PrivateDockerd:
             f"--host={self.host}",
             "--bridge=none", "--iptables=false", "--ip-forward=false",
             "--live-restore",
+            *self.extra_args,
         ]
 
     # ------------------------------------------------------------------ commands
