@@ -57,8 +57,9 @@ def worker_series(cluster: Cluster, now: float) -> str:
             seconds = floatToGoString(max(0.0, now - worker.last_heartbeat))  # type: ignore[no-untyped-call]
             age.append(f"{HEARTBEAT_AGE[0]}{{{host}}} {seconds}\n")
         version = escape_label_value(worker.sw_ver or "")
-        info.append(f'{INFO[0]}{{celery_version="{version}",{host},state="{worker.state.value}",'
-                    f'task_events="{worker.task_events.value}"}} 1.0\n')
+        # StrEnums: a member formats as its value.
+        info.append(f'{INFO[0]}{{celery_version="{version}",{host},state="{worker.state}",'
+                    f'task_events="{worker.task_events}"}} 1.0\n')
         collision.append(f"{COLLISION[0]}{{{host}}} {int(worker.collision)}.0\n")
         unanswered.append(f"{UNANSWERED[0]}{{{host}}} {int(worker.not_answering)}.0\n")
     return "".join(chain(tasks, age, info, collision, unanswered))
@@ -68,4 +69,4 @@ def _task_counts(worker: Worker) -> Iterable[tuple[str, int]]:
     counts = dict.fromkeys(_TASK_STATES, 0)
     for task in worker.tasks.values():
         counts[task.state] += 1
-    return ((state.value, count) for state, count in counts.items())
+    return counts.items()

@@ -10,7 +10,14 @@ from typing import Any
 from drainctl.core.drain import Drain
 from drainctl.core.model import Worker
 from drainctl.core.snapshot import TaskState
+from drainctl.core.worker import Task
 from drainctl.readmodel import ReadModel, member_status, pool_pin
+
+_TASK_STATES = tuple(state.value for state in TaskState)
+
+
+def _received_at(task: Task) -> float:
+    return task.received_at
 
 
 def remote_control(worker: Worker) -> str:
@@ -106,13 +113,13 @@ def build_status(model: ReadModel) -> dict[str, Any]:
     now = model.now()
     workers = []
     for worker in sorted(model.cluster, key=lambda w: w.hostname):
-        tasks: dict[str, list[dict[str, Any]]] = {s.value: [] for s in TaskState}
-        for task in sorted(worker.tasks.values(), key=lambda t: t.received_at):
+        tasks: dict[str, list[dict[str, Any]]] = {state: [] for state in _TASK_STATES}
+        for task in sorted(worker.tasks.values(), key=_received_at):
             since = task.started_at if task.started_at is not None else task.received_at
             entry: dict[str, Any] = {"id": task.uuid, "name": task.name, "age_s": round(now - since, 3)}
             if task.eta:
                 entry["eta"] = task.eta
-            tasks[task.state.value].append(entry)
+            tasks[task.state].append(entry)  # a StrEnum: the member is its value
         last = worker.last_heartbeat
         workers.append({
             "hostname": worker.hostname,
