@@ -24,6 +24,7 @@ only a warm shutdown by its operator (SIGTERM) stops it without losing work.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from drainctl.core.members import (
 from drainctl.core.model import Cluster
 from drainctl.core.notices import Notice
 from drainctl.core.refusals import not_answering_reason
+from drainctl.core.scaling import scale_in_order
 
 # What code outside the core imports from here, wherever it is defined.
 __all__ = ["Failure", "Fleet", "Member", "Pin", "PoolTarget", "Rollout"]
@@ -258,14 +260,17 @@ class Fleet:
         return None
 
     def _revert_drains(self, step: _Pass) -> None:
-        """Target-version workers drained by a rollout that no longer wants it consume again."""
+        """Target-version workers drained by a rollout that no longer wants it consume again, as many as
+        the pool is short of: a drain that sheds a worker the pool has too many of stays."""
+        serving = sum(1 for m in step.ready_new if m.hostname not in step.drains.active)
         for member in step.new:
             drain = step.drains.active.get(member.hostname)
             # A drain is the rollout's own only if the fleet's journal of intents says so: never by
             # what a caller wrote in `requested_by`.
             if (drain is None or member.hostname not in self.cancelled
-                    or drain.phase in (Phase.RETIRING, Phase.STOPPING)):
+                    or drain.phase in (Phase.RETIRING, Phase.STOPPING) or serving >= step.pool.replicas):
                 continue
+            serving += 1
             step.commands.extend(step.drains.cancel(step.cluster, member.hostname, step.now,
                                                     f"{step.target} is the target again"))
             self.cancelled.pop(member.hostname, None)
@@ -328,13 +333,22 @@ class Fleet:
                 step.commands.extend(keep_consuming(member, step.pool, worker, step.now))
 
     def _shed_excess(self, step: _Pass) -> None:
-        """More ready target workers than the pool's size (replicas lowered): drain the newest."""
-        replicas = step.pool.replicas
-        if len(step.ready_new) <= replicas:
+        """More ready target workers than the pool's size (replicas lowered): drain those that will be free
+        first (`drainctl.core.scaling.scale_in_order`; the newest among equals). Those already draining
+        count, so every pass asks for the same ones."""
+        staying = [m for m in step.ready_new if m.hostname not in step.draining]
+        wanted = len(step.ready_new) - step.pool.replicas - (len(step.ready_new) - len(staying))
+        if wanted <= 0:
             return
-        for member in sorted(step.ready_new, key=lambda m: m.started_at)[replicas:]:
-            if member.hostname not in step.draining:
-                step.commands.extend(self._drain(member, step))
+        runtimes = step.cluster.runtimes
+
+        def free_first(member: Member) -> tuple[float, ...]:
+            worker = step.cluster.worker(member.hostname)
+            known = (math.inf,) * 3 if worker is None else scale_in_order(worker, runtimes, step.now)[:3]
+            return (*known, -member.started_at)
+
+        for member in sorted(reversed(staying), key=free_first)[:wanted]:  # ties: the later member
+            step.commands.extend(self._drain(member, step))
 
     def _settle(self, step: _Pass) -> None:
         """The rollout succeeds once no old worker is left and the pool is full; a pool whose new workers

@@ -173,6 +173,24 @@ def test_lowering_replicas_drains_the_newest() -> None:
     assert CancelConsumers(hosts[1], ("q",)) in commands
 
 
+def test_lowering_replicas_drains_the_worker_that_will_be_free_first_and_only_it() -> None:
+    f = fleet()
+    cluster = Cluster()
+    hosts = ready_pool(f, cluster, pool(replicas=3, cap=4))
+    # The newest runs a task and the middle one holds one prefetched; the oldest is idle.
+    feed(cluster, [task_event("received", "busy", 5, host=hosts[2], pid=12),
+                   task_event("started", "busy", 6, host=hosts[2], pid=12),
+                   task_event("received", "held", 5, host=hosts[1], pid=11)], now=2)
+    smaller = pool(replicas=1, cap=2)
+    book = DrainBook()
+    commands, _ = f.plan({"p": smaller}, cluster, book, 5)
+    drained = [c.hostname for c in commands if isinstance(c, CancelConsumers)]
+    assert drained == [hosts[0], hosts[1]]
+    assert set(book.active) == set(drained)
+    commands, _ = f.plan({"p": smaller}, cluster, book, 6)  # those draining count: nothing more
+    assert not [c for c in commands if isinstance(c, CancelConsumers)]
+
+
 def test_old_worker_unknown_to_the_model_is_not_drained_yet_and_refusals_wait() -> None:
     f = fleet()
     cluster = Cluster()
