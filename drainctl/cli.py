@@ -243,9 +243,15 @@ def status(url: str, as_json: bool) -> None:
 SUCCESS_OUTCOMES = {"retired", "shutdown-requested", "restarted-by-supervisor"}
 
 
+def _estimate(drain: dict[str, Any]) -> str:
+    """`, about 12s left` from the drain's estimate, or nothing when there is none."""
+    remaining = drain.get("estimated_remaining_s")
+    return "" if remaining is None else f", about {remaining:.0f}s left"
+
+
 def _progress(drain: dict[str, Any]) -> str:
     waiting = drain.get("waiting_for") or []
-    line = f"{drain['hostname']}: {drain['phase']} ({drain['duration_s']:.1f}s)"
+    line = f"{drain['hostname']}: {drain['phase']} ({drain['duration_s']:.1f}s{_estimate(drain)})"
     if waiting:
         oldest = max(t["age_s"] for t in waiting)
         line += f", waiting for {len(waiting)} task(s), oldest {oldest:.1f}s: " + ", ".join(
@@ -424,7 +430,7 @@ def _render_pools(document: dict[str, Any]) -> list[str]:
             line = f"    {member['hostname']}  {member['version']}  {member['status']}"
             if drain_doc:
                 waiting = drain_doc.get("waiting_for") or []
-                line += f"  draining ({drain_doc['phase']})"
+                line += f"  draining ({drain_doc['phase']}{_estimate(drain_doc)})"
                 if waiting:
                     line += f", waiting for {len(waiting)} task(s): " + ", ".join(
                         f"{t['id']} ({t['age_s']:.0f}s)" for t in waiting[:3])

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from drainctl.core.drain import DURATION_BUCKETS, Outcome
+from drainctl.core.drain import DURATION_BUCKETS, ESTIMATE_ERROR_BUCKETS, Outcome
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES
 from drainctl.core.model import REMOTE_CONTROL_CHECK, WorkerState
 from drainctl.core.rollout import Fleet
@@ -208,13 +208,24 @@ class ModelCollector(Collector):
         yield GaugeMetricFamily("drainctl_drains_in_progress", "Drains under way.", value=len(drains.active))
         yield GaugeMetricFamily("drainctl_drains_past_deadline", "Drains under way past their deadline.",
                                 value=drains.past_deadline())
-        cumulative = 0
-        buckets: list[tuple[str, float]] = []
-        for bound, count in zip((*map(str, DURATION_BUCKETS), "+Inf"), drains.duration_buckets, strict=True):
-            cumulative += count
-            buckets.append((bound, cumulative))
         yield HistogramMetricFamily("drainctl_drain_duration_seconds", "Time from a drain's start to its outcome.",
-                                    buckets=buckets, sum_value=drains.duration_sum)
+                                    buckets=_cumulative(DURATION_BUCKETS, drains.duration_buckets),
+                                    sum_value=drains.duration_sum)
+        yield HistogramMetricFamily(
+            "drainctl_drain_estimate_error_seconds",
+            "How far each finished drain's end was from the end estimated when it started (either way), for "
+            "drains that had an estimate (from the runtimes of the tasks it waited for).",
+            buckets=_cumulative(ESTIMATE_ERROR_BUCKETS, drains.estimate_error_buckets),
+            sum_value=drains.estimate_error_sum)
+        remaining = GaugeMetricFamily(
+            "drainctl_drain_estimated_remaining_seconds",
+            "For each drain under way with an estimate: the seconds until it is expected to end (0 when overdue).",
+            labels=["hostname"])
+        now = self.model.now()
+        for drain in drains.active.values():
+            if drain.estimated_end_at is not None:
+                remaining.add_metric([drain.hostname], max(0.0, drain.estimated_end_at - now))
+        yield remaining
 
     # ------------------------------------------------------------------ pools and rollouts
     def _pools(self) -> Iterator[Metric]:
@@ -296,3 +307,13 @@ def registry_for(model: ReadModel) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ModelCollector(model))
     return registry
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Prometheus' cumulative buckets from per-bucket counts (the last is +Inf)."""
+    total = 0
+    out: list[tuple[str, float]] = []
+    for bound, count in zip((*map(str, bounds), "+Inf"), counts, strict=True):
+        total += count
+        out.append((bound, total))
+    return out

@@ -50,6 +50,11 @@ def drain_document(model: ReadModel, drain: Drain) -> dict[str, Any]:
         "forced": drain.forced,
         "requested_by": drain.requested_by,
         "duration_s": round(drain.duration(now), 3),
+        # Estimated when it started, from the runtimes of the tasks it waits for (None: no history yet).
+        "estimated_duration_s": (round(drain.estimated_end_at - drain.started_at, 3)
+                                 if drain.estimated_end_at is not None else None),
+        "estimated_remaining_s": (round(max(0.0, drain.estimated_end_at - now), 3)
+                                  if drain.estimated_end_at is not None and drain.active else None),
         "deadline_s": drain.policy.deadline_s,
         "on_deadline": drain.policy.on_deadline,
         # For a pool member, its pool's: how long it gets to exit after `shutdown`, then to stop warm.

@@ -46,11 +46,14 @@ from drainctl.core.worker import Worker, WorkerState, held
 
 # What code outside the core imports from here, wherever it is defined.
 __all__ = [
-    "CONFIRM_REASON", "DEFAULT_CONSUMER_TIMEOUT_S", "DURATION_BUCKETS", "ConsumerTimeout", "Drain", "DrainBook",
+    "CONFIRM_REASON", "DEFAULT_CONSUMER_TIMEOUT_S", "DURATION_BUCKETS", "ESTIMATE_ERROR_BUCKETS", "ConsumerTimeout",
+    "Drain", "DrainBook",
     "DrainPolicy", "DrainRefused", "Outcome", "Phase",
 ]
 
 DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+# How far a drain's actual end was from its estimate, in seconds either way.
+ESTIMATE_ERROR_BUCKETS: Final = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0)
 RESTART_WINDOW_S: Final = 300.0
 CONFIRM_REASON: Final = "drain-confirm"
 
@@ -126,6 +129,8 @@ class DrainBook:
         self.outcomes: dict[str, int] = {o.value: 0 for o in Outcome}
         self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
+        self.estimate_error_buckets = [0] * (len(ESTIMATE_ERROR_BUCKETS) + 1)
+        self.estimate_error_sum = 0.0
 
     # ------------------------------------------------------------------ queries
     def __iter__(self) -> Iterator[Drain]:
@@ -413,10 +418,18 @@ class DrainBook:
         self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
         duration = drain.duration(now)
         self.duration_sum += duration
-        for index, bound in enumerate(DURATION_BUCKETS):
-            if duration <= bound:
-                self.duration_buckets[index] += 1
-                break
-        else:
-            self.duration_buckets[-1] += 1
+        _observe(self.duration_buckets, DURATION_BUCKETS, duration)
+        if drain.estimated_end_at is not None:
+            error = abs(now - drain.estimated_end_at)
+            self.estimate_error_sum += error
+            _observe(self.estimate_error_buckets, ESTIMATE_ERROR_BUCKETS, error)
         return [Notice(f"drain-{outcome.value}", drain.hostname, detail)]
+
+
+def _observe(buckets: list[int], bounds: tuple[float, ...], value: float) -> None:
+    """Count `value` in its histogram bucket (not cumulative; the last one is +Inf)."""
+    for index, bound in enumerate(bounds):
+        if value <= bound:
+            buckets[index] += 1
+            return
+    buckets[-1] += 1

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drainctl.core.drain import DrainBook
+from drainctl.core.drain import ESTIMATE_ERROR_BUCKETS, DrainBook
 from drainctl.core.model import Cluster
 from drainctl.core.runtimes import RuntimeHistory
 from drainctl.core.scaling import (
@@ -129,6 +129,22 @@ def test_a_drain_records_its_estimated_end_next_to_its_actual_end() -> None:
     assert resumed.estimated_end_at == 2.0
     unknown = book.resume(cluster, "gone@h", ("q",), 2.0, policy=POLICY, managed=True, requested_by="journal")
     assert unknown.estimated_end_at is None
+
+
+def test_a_finished_drain_counts_how_far_its_end_was_from_the_estimate() -> None:
+    cluster = pool_of_three()
+    holding(cluster, A, "a1", started_at=0.0)
+    book = DrainBook()
+    book.start(cluster, A, 1.0, policy=POLICY, managed=True)  # estimated to end at 6.0
+    book.cancel(cluster, A, 9.0, "test")  # 3 s late
+    book.start(cluster, B, 1.0, policy=POLICY, managed=True)  # idle: estimated to end at once
+    book.cancel(cluster, B, 4000.0, "test")  # far past every bucket
+    book.resume(cluster, "gone@h", ("q",), 2.0, policy=POLICY, managed=True, requested_by="journal")
+    book.cancel(cluster, "gone@h", 3.0, "test")  # no estimate: not counted
+    assert book.estimate_error_sum == 3.0 + 3999.0
+    assert book.estimate_error_buckets[ESTIMATE_ERROR_BUCKETS.index(5.0)] == 1
+    assert book.estimate_error_buckets[-1] == 1
+    assert sum(book.estimate_error_buckets) == 2
 
 
 def test_in_hand_counts_what_the_pools_workers_run_and_hold_prefetched() -> None:
