@@ -206,3 +206,41 @@ async def test_a_worker_killed_while_draining_ends_lost_with_exactly_the_tasks_i
     assert [(r["event"], r["hostname"]) for r in runs if r["uuid"] == running] == [("start", host)]
     assert [(r["event"], r["hostname"]) for r in runs if r["uuid"] == prefetched] == [
         ("start", other.hostname), ("end", other.hostname)]
+
+
+async def test_a_drain_estimates_its_end_from_the_runtimes_the_model_learnt(
+    broker_url: str, celery_app: Celery, tmp_path: Path,
+) -> None:
+    """Three 1 s tasks teach the model the runtime of `taskapp.sleep`; a drain that waits for a fourth,
+    just started, is estimated to end within a second; /status shows it; the estimate's error is counted
+    once the drain ends. (Forced: the worker is its queue's only consumer.)"""
+    from drainctl.status import drain_document
+
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    records = tmp_path / "records"
+    records.mkdir()
+    async with controller_with_runtime(broker_url, tmp_path / "state", "process") as ctl:
+        spec = worker_spec("estimated", queue, broker_url, records, prefetch=1)
+        await ctl.start_worker(spec)
+        host = spec.hostname
+        await ctl.wait_for(lambda: (w := ctl.cluster.worker(host)) is not None and w.queues == (queue,), 60)
+        for _ in range(3):
+            await send(celery_app, queue, 1.0)
+        await ctl.wait_for(lambda: ctl.cluster.runtimes.learnt >= 3, 30)
+
+        running = await send(celery_app, queue, 1.0)
+        await ctl.wait_for(lambda: held(ctl, host, TaskState.RUNNING) == {running}, 20)
+        worker = ctl.cluster.worker(host)
+        assert worker is not None
+        learnt = ctl.cluster.runtimes.samples(worker.tasks[running].name)
+        drain = await ctl.request_drain(host, force=True)
+        assert drain.estimated_end_at is not None
+        remaining = drain.estimated_end_at - drain.started_at
+        assert len(learnt) == 3 and 0.0 < remaining <= max(learnt), (remaining, learnt)
+        document = drain_document(ctl, drain)
+        assert document["estimated_duration_s"] == round(remaining, 3)
+        assert document["estimated_remaining_s"] is not None
+        await ctl.wait_for(lambda: not drain.active, 60)
+        assert drain.outcome is Outcome.RETIRED, drain.detail
+        assert sum(ctl.drains.estimate_error_buckets) == 1
+        assert drain_document(ctl, drain)["estimated_remaining_s"] is None  # it ended: only the actual is left
