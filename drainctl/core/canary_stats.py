@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from drainctl.core.runtimes import sorted_quantile
+
 MIN_RUNTIMES: Final = 10
 
 
@@ -103,11 +105,7 @@ def mann_whitney_slower(new: Sequence[float], old: Sequence[float]) -> float:
 
 def quantile(values: Sequence[float], q: float) -> float:
     """The q-quantile by linear interpolation between closest ranks (values need not be sorted)."""
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    below = math.floor(position)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+    return sorted_quantile(sorted(values), q)
 
 
 def compare(name: str, new: Outcomes, old: Outcomes, t: Thresholds) -> list[str]:

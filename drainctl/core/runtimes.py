@@ -85,7 +85,7 @@ class RuntimeHistory:
     def quantile(self, name: str | None, q: float) -> float | None:
         """The `q` quantile (0..1) of the runtimes of `name` (linear interpolation); None: unknown."""
         values = sorted(self.samples(name))
-        return _quantile(values, q) if values else None
+        return sorted_quantile(values, q) if values else None
 
     def p50(self, name: str | None) -> float | None:
         return self.quantile(name, 0.5)
@@ -102,10 +102,10 @@ class RuntimeHistory:
         tail = sorted(r - elapsed for r in self.samples(name) if r > elapsed)
         if not tail:
             return None
-        return _quantile(tail, 0.5)
+        return sorted_quantile(tail, 0.5)
 
 
-def _quantile(values: list[float], q: float) -> float:
+def sorted_quantile(values: list[float], q: float) -> float:
     """`values` sorted and not empty; q clamped to 0..1."""
     position = min(1.0, max(0.0, q)) * (len(values) - 1)
     low = math.floor(position)
