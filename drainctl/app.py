@@ -26,6 +26,7 @@ from drainctl.core.drain import ConsumerTimeout, Drain, DrainBook, DrainPolicy, 
 from drainctl.core.model import Cluster
 from drainctl.core.policy import PolicyOverrides
 from drainctl.core.rollout import Fleet, PoolTarget
+from drainctl.core.version_outcomes import VersionOutcomes
 from drainctl.errors import DrainctlError
 from drainctl.executor import CommandExecutor
 from drainctl.inputs import (
@@ -128,6 +129,10 @@ class Controller:
     @property
     def reloads(self) -> Mapping[str, int]:
         return self.pools.reloads
+
+    @property
+    def version_outcomes(self) -> VersionOutcomes:
+        return self.reducer.version_outcomes
 
     @property
     def settings(self) -> Settings:

@@ -20,6 +20,7 @@ from drainctl.core.drain import DURATION_BUCKETS, ESTIMATE_ERROR_BUCKETS, Outcom
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES
 from drainctl.core.model import REMOTE_CONTROL_CHECK, WorkerState
 from drainctl.core.rollout import Fleet
+from drainctl.core.version_outcomes import RUNTIME_BUCKETS
 from drainctl.metrics_workers import worker_series
 from drainctl.readmodel import ReadModel, member_status, pool_pin
 
@@ -77,6 +78,7 @@ class ModelCollector(Collector):
         yield from self._events()
         yield from self._reconciles()
         yield from self._drains()
+        yield from self._versions()
         yield from self._pools()
         yield from self._controller()
 
@@ -226,6 +228,23 @@ class ModelCollector(Collector):
             if drain.estimated_end_at is not None:
                 remaining.add_metric([drain.hostname], max(0.0, drain.estimated_end_at - now))
         yield remaining
+
+    def _versions(self) -> Iterator[Metric]:
+        tasks = CounterMetricFamily(
+            "drainctl_pool_tasks_total",
+            "Tasks the workers of each pool ended, by version and outcome (succeeded, failed, retried, rejected, "
+            "revoked); the last few versions of each pool.", labels=["pool", "version", "outcome"])
+        runtimes = HistogramMetricFamily(
+            "drainctl_pool_task_runtime_seconds",
+            "Runtimes of the tasks the workers of each pool ran (task-succeeded, task-failed), by version.",
+            labels=["pool", "version"])
+        for pool, version, ended in self.model.version_outcomes:
+            for outcome, count in sorted(ended.outcomes.items()):
+                tasks.add_metric([pool, version, outcome], count)
+            runtimes.add_metric([pool, version], _cumulative(RUNTIME_BUCKETS, ended.runtime_buckets),
+                                ended.runtime_sum)
+        yield tasks
+        yield runtimes
 
     # ------------------------------------------------------------------ pools and rollouts
     def _pools(self) -> Iterator[Metric]:

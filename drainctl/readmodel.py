@@ -16,6 +16,7 @@ from drainctl.core.drain import Drain, DrainBook, DrainPolicy
 from drainctl.core.model import Cluster
 from drainctl.core.policy import PolicyOverrides
 from drainctl.core.rollout import Fleet, Member, Pin, PoolTarget
+from drainctl.core.version_outcomes import VersionOutcomes
 
 
 @dataclass(slots=True)
@@ -59,6 +60,8 @@ class ReadModel(Protocol):
     def stats(self) -> IngestStats: ...
     @property
     def reloads(self) -> Mapping[str, int]: ...
+    @property
+    def version_outcomes(self) -> VersionOutcomes: ...
 
     def now(self) -> float:
         """The controller's clock (monotonic seconds): ages and durations are measured on it."""

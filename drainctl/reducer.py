@@ -15,9 +15,10 @@ import structlog
 
 from drainctl.core.commands import Command, Reconcile
 from drainctl.core.drain import CONFIRM_REASON, DrainBook, DrainRefused
-from drainctl.core.events import Decoded
+from drainctl.core.events import Decoded, TaskEvent
 from drainctl.core.model import Cluster, Notice
 from drainctl.core.rollout import Fleet
+from drainctl.core.version_outcomes import VersionOutcomes
 from drainctl.inputs import (
     BrokerDown,
     BrokerUp,
@@ -74,6 +75,8 @@ class Reducer:
     ) -> None:
         self.cluster = cluster
         self.fleet = fleet
+        self.version_outcomes = VersionOutcomes()
+        cluster.task_ended = self._task_ended
         self.drains = drains
         self.pools = pools
         self.stats = stats
@@ -223,6 +226,11 @@ class Reducer:
                 if n:
                     notices.extend(n)
         stats.last_event_wall = time.time()
+
+    def _task_ended(self, hostname: str, event: TaskEvent) -> None:
+        member = self.fleet.members.get(hostname)
+        if member is not None:
+            self.version_outcomes.record(member.pool, member.version, event.type.removeprefix("task-"), event.runtime)
 
     def _malformed(self, decoded: Decoded, now: float) -> None:
         for rejection in decoded.rejections:

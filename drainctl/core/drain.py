@@ -19,6 +19,7 @@ for long are checked against RabbitMQ's consumer_timeout (`drainctl.core.consume
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -418,18 +419,10 @@ class DrainBook:
         self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
         duration = drain.duration(now)
         self.duration_sum += duration
-        _observe(self.duration_buckets, DURATION_BUCKETS, duration)
+        self.duration_buckets[bisect_left(DURATION_BUCKETS, duration)] += 1
         if drain.estimated_end_at is not None:
             error = abs(now - drain.estimated_end_at)
             self.estimate_error_sum += error
-            _observe(self.estimate_error_buckets, ESTIMATE_ERROR_BUCKETS, error)
+            self.estimate_error_buckets[bisect_left(ESTIMATE_ERROR_BUCKETS, error)] += 1
         return [Notice(f"drain-{outcome.value}", drain.hostname, detail)]
 
-
-def _observe(buckets: list[int], bounds: tuple[float, ...], value: float) -> None:
-    """Count `value` in its histogram bucket (not cumulative; the last one is +Inf)."""
-    for index, bound in enumerate(bounds):
-        if value <= bound:
-            buckets[index] += 1
-            return
-    buckets[-1] += 1

@@ -11,7 +11,7 @@ process speaks for a name (`collisions`), whether a worker answers remote contro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from drainctl.core import remote_control
@@ -59,6 +59,8 @@ class Cluster:
         self.late_events = 0
         self.task_outcomes: dict[str, int] = {}
         self.snapshots_merged = 0
+        # Told of every task end the model accepts (hostname, event): the reducer counts them per pool version.
+        self.task_ended: Callable[[str, TaskEvent], None] | None = None
         # How long tasks of each name ran (bounded): what drains and scale-in estimate from.
         self.runtimes = RuntimeHistory()
 
@@ -223,6 +225,8 @@ class Cluster:
                               worker.pid if worker.pid == event.pid else event.pid)
         outcomes = self.task_outcomes
         outcomes[event.type] = outcomes.get(event.type, 0) + 1
+        if self.task_ended is not None:
+            self.task_ended(worker.hostname, event)
 
     # ------------------------------------------------------------------ replies
     def note_task_events(self, hostname: str, enabled_now: bool, now: float) -> list[Command]:

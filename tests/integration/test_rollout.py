@@ -58,6 +58,11 @@ async def test_rollout_under_load_loses_duplicates_and_interrupts_nothing(
         assert ctl.drains.outcomes["retired"] == 3
         assert log.events, "the consumer log recorded nothing"
         assert log.minimum(initial=3) >= 1, log.events
+        # Every task the pool ran is counted once, under the version of the worker that ran it.
+        by_version = {version: tasks for pool, version, tasks in ctl.version_outcomes if pool == "p"}
+        assert set(by_version) == {"v1", "v2"}
+        assert sum(t.outcomes.get("succeeded", 0) for t in by_version.values()) == len(sent)
+        assert sum(sum(t.runtime_buckets) for t in by_version.values()) == len(sent)
 
     runs = read_records(harness.records)
     starts = Counter((r["uuid"], r["retries"]) for r in runs if r["event"] == "start")
