@@ -41,7 +41,8 @@ async def controller_with_runtime(
 ) -> AsyncIterator[Controller]:
     """A synced controller of its own id on the `process` or `docker` runtime; `controller`: [controller] keys.
 
-    On the docker runtime its containers are removed when the block ends."""
+    When the block ends, its workers still running are stopped (on the process runtime, by PID; on the
+    docker runtime, its containers are removed): a failed test leaves none behind."""
     controller_id = f"drain-{uuid.uuid4().hex[:8]}"
     settings = config.from_mapping({
         "controller": {"id": controller_id, "state_dir": str(state_dir), **controller},
@@ -56,6 +57,8 @@ async def controller_with_runtime(
         async with synced(ctl):
             yield ctl
     finally:
+        if isinstance(rt, ProcessRuntime):
+            await stop_workers(state_dir, controller_id)
         if isinstance(rt, DockerRuntime):
             await rt.aclose()
             listed = docker("ps", "-aq", "--filter", f"label={LABEL_CONTROLLER}={controller_id}")
