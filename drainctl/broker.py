@@ -11,6 +11,7 @@ acks one by one. The controller's own event stream, at fleet rates, is `drainctl
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
 import uuid
@@ -375,6 +376,17 @@ async def delete_unused_queue(connection: AbstractConnection, name: str) -> None
                 await channel.close()
     except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
         raise BrokerError(f"cannot delete {name!r}: {exc}") from exc
+
+
+async def close_with_queue(connection: AbstractConnection, queue_name: str) -> None:
+    """End a short-lived session: delete its private queue, then close the connection. Shielded and bounded
+    (5 s), and it never raises: it runs on the way out, after success, failure or cancellation alike."""
+    with anyio.move_on_after(5, shield=True):
+        with contextlib.suppress(Exception):
+            channel = await connection.channel()
+            await channel.queue_delete(queue_name)
+        with contextlib.suppress(Exception):
+            await connection.close()
 
 
 RECONCILE_METHODS: Final = ("clock", "active", "reserved", "scheduled", "active_queues")

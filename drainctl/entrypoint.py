@@ -196,12 +196,7 @@ class Entrypoint:
                         error=_describe(exc), exc_info=not expected)
             self._act(self.flow.failed())
         finally:
-            with anyio.move_on_after(5, shield=True):
-                with contextlib.suppress(Exception):
-                    channel = await connection.channel()
-                    await channel.queue_delete(queue_name)
-                with contextlib.suppress(Exception):
-                    await connection.close()
+            await broker.close_with_queue(connection, queue_name)
 
     async def _session(self, connection: AbstractConnection, queue_name: str, tg: anyio.abc.TaskGroup,
                        started: float) -> None:

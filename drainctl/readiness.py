@@ -11,7 +11,6 @@ when the worker exits. Decisions: `drainctl.core.readiness.ReadinessWatch`.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import uuid
 from typing import Final
@@ -81,12 +80,7 @@ class ReadyFile:
                 await self._listen(connection, queue_name, tg)
                 tg.cancel_scope.cancel()
         finally:
-            with anyio.move_on_after(5, shield=True):
-                with contextlib.suppress(Exception):
-                    channel = await connection.channel()
-                    await channel.queue_delete(queue_name)
-                with contextlib.suppress(Exception):
-                    await connection.close()
+            await broker.close_with_queue(connection, queue_name)
 
     async def _listen(self, connection: AbstractConnection, queue_name: str, tg: anyio.abc.TaskGroup) -> None:
         channel = await connection.channel()

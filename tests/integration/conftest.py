@@ -48,11 +48,14 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from celery import Celery
 from celery.utils.nodenames import default_nodename, host_format
+
+if TYPE_CHECKING:  # entrypoints.py imports this module
+    from tests.integration.entrypoints import Entrypoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INTEGRATION_DIR = Path(__file__).resolve().parent
@@ -429,6 +432,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
                 tail = f"<cannot read {w.log_path}: {exc}>"
             report.sections.append((f"worker {w.hostname} (pid {w.pid}) log tail", tail))
     return report
+
+
+@pytest.fixture
+def entrypoints() -> Iterator[list[Entrypoint]]:
+    """`drainctl entrypoint` processes a test started: each one stopped when the test ends."""
+    running: list[Entrypoint] = []
+    yield running
+    for ep in running:
+        ep.stop()
 
 
 @pytest.fixture(scope="session")

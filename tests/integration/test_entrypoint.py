@@ -6,11 +6,9 @@ import re
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import pytest
 from celery import Celery
 
 from tests.helpers import read_records, wait_until
@@ -25,14 +23,6 @@ from tests.integration.entrypoints import (
     started,
     worker_argv,
 )
-
-
-@pytest.fixture
-def entrypoints(tmp_path: Path) -> Iterator[list[Entrypoint]]:
-    started: list[Entrypoint] = []
-    yield started
-    for ep in started:
-        ep.stop()
 
 
 def test_sigterm_drains_the_worker_then_exits_with_its_code(

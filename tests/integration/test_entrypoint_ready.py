@@ -11,11 +11,9 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from celery import Celery
 
 from tests.helpers import read_records, wait_until
@@ -31,13 +29,6 @@ from tests.integration.entrypoints import (
 
 DRAINCTL = str(Path(sys.executable).with_name("drainctl"))  # the console script, as the kubelet runs it
 
-
-@pytest.fixture
-def entrypoints() -> Iterator[list[Entrypoint]]:
-    running: list[Entrypoint] = []
-    yield running
-    for ep in running:
-        ep.stop()
 
 
 def probe(ready: Path) -> int:
