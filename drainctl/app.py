@@ -22,6 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from drainctl import broker
 from drainctl.config import Settings
+from drainctl.core.autoscale import PoolSizing
 from drainctl.core.drain import ConsumerTimeout, Drain, DrainBook, DrainPolicy, DrainRefused
 from drainctl.core.model import Cluster
 from drainctl.core.policy import PolicyOverrides
@@ -35,6 +36,7 @@ from drainctl.inputs import (
     EventsIn,
     Input,
     Pending,
+    QueueDepthsIn,
     ReloadRequested,
     RollbackRequested,
     Tick,
@@ -43,7 +45,7 @@ from drainctl.inputs import (
 )
 from drainctl.pool_service import PoolService
 from drainctl.readmodel import Identity, IngestStats
-from drainctl.redact import redact_url
+from drainctl.redact import redact_text, redact_url
 from drainctl.reducer import Reducer, log_notice
 from drainctl.runtime.base import Exited, WorkerHandle, WorkerRuntime, WorkerSpec
 from drainctl.session import BrokerSession
@@ -124,7 +126,12 @@ class Controller:
 
     @property
     def pool_targets(self) -> Mapping[str, PoolTarget]:
-        return self.pools.targets
+        # Until the model is complete, an elastic pool's size is not decided (its adopted workers count).
+        return self.reducer.targets if self.reducer.synced.is_set() else self.pools.targets
+
+    @property
+    def pool_sizing(self) -> Mapping[str, PoolSizing]:
+        return self.reducer.autoscaler.sizing
 
     @property
     def reloads(self) -> Mapping[str, int]:
@@ -174,6 +181,7 @@ class Controller:
             self.executor.attach(tg)
             tg.start_soon(self._reduce)
             tg.start_soon(self._tick)
+            tg.start_soon(self._watch_queue_depths)
             for runtime in self.pools.runtimes.values():
                 await tg.start(runtime.watch, self._on_exit)
                 for handle in await runtime.adopt():
@@ -203,6 +211,21 @@ class Controller:
         while True:
             await anyio.sleep(TICK_S)
             await self._send.send(Tick())
+
+    async def _watch_queue_depths(self) -> None:
+        """Every queue_depth_interval_s, the depth of each elastic pool's queues, as an input."""
+        while True:
+            await anyio.sleep(self.settings.controller.queue_depth_interval_s)
+            queues = sorted({q for t in self.pools.targets.values() if t.scaling is not None for q in t.queues})
+            connection = self.session.connection
+            if not queues or connection is None:
+                continue
+            try:
+                depths = await broker.queue_depths(connection, queues)
+            except Exception as exc:  # a broker failure of any shape: sizes held, the session reconnects
+                log.warning("cannot read queue depths; pool sizes held", error=redact_text(str(exc)))
+                continue
+            await self._send.send(QueueDepthsIn(depths))
 
     async def _on_exit(self, exited: Exited) -> None:
         await self._send.send(WorkerExitedIn(exited))

@@ -29,6 +29,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
 from drainctl.core.events import Decoded, decode_message
+from drainctl.core.scaling import QueueLoad
 from drainctl.errors import BrokerError, BrokerUnavailableError, ControlError, TopologyError
 from drainctl.redact import redact_text, redact_url
 
@@ -387,6 +388,27 @@ async def close_with_queue(connection: AbstractConnection, queue_name: str) -> N
             await channel.queue_delete(queue_name)
         with contextlib.suppress(Exception):
             await connection.close()
+
+
+async def queue_depths(connection: AbstractConnection, names: Sequence[str]) -> dict[str, QueueLoad]:
+    """Each queue's ready messages and consumers, by a passive queue.declare (it creates nothing). A queue
+    nobody declared yet holds nothing: it counts as empty, with no consumer (its 404 closes the channel,
+    so the next queue gets a new one)."""
+    depths: dict[str, QueueLoad] = {}
+    channel = await connection.channel()
+    try:
+        for name in names:
+            try:
+                declared = (await channel.declare_queue(name, passive=True)).declaration_result
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                depths[name] = QueueLoad(name, 0, 0)
+                channel = await connection.channel()
+                continue
+            depths[name] = QueueLoad(name, declared.message_count or 0, declared.consumer_count or 0)
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return depths
 
 
 RECONCILE_METHODS: Final = ("clock", "active", "reserved", "scheduled", "active_queues")

@@ -55,6 +55,8 @@ class ControllerSettings(_Section):
     # A worker that heartbeats while 3+ remote-control questions in a row go unanswered over at least
     # this long is marked as not answering remote control (drains refused, rollouts blocked).
     no_remote_control_after_s: PositiveFloat = 20.0
+    # How often the depth of every elastic pool's queues is asked of RabbitMQ (a passive queue.declare).
+    queue_depth_interval_s: PositiveFloat = 5.0
 
     @field_validator("id")
     @classmethod
@@ -159,6 +161,14 @@ class DockerSettings(_Section):
         return self
 
 
+class BlamedKey(ValueError):
+    """A check across keys that blames one of them: the error names that key (and its line)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$")
 PLACEHOLDERS = ("hostname", "queues", "concurrency", "pool", "version")
 
@@ -168,7 +178,15 @@ class PoolSettings(_Section):
 
     name: str
     queues: Annotated[list[str], Field(min_length=1)]
+    # A fixed pool's size; an elastic pool's (min_replicas and max_replicas set) size at start.
     replicas: Annotated[int, Field(ge=1, le=1000)]
+    min_replicas: Annotated[int, Field(ge=1, le=1000)] | None = None
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] | None = None
+    # Elastic pools: waiting messages (ready in the queues or prefetched) accepted per worker slot.
+    target_backlog_per_slot: PositiveFloat = 1.0
+    scale_out_cooldown_s: Annotated[float, Field(ge=0)] = 30.0
+    scale_in_cooldown_s: Annotated[float, Field(ge=0)] = 300.0
+    scale_in_hysteresis: Annotated[float, Field(ge=0, lt=1)] = 0.2
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 1
     runtime: Literal["process", "docker"] = "process"
     # argv; {hostname} {queues} {concurrency} {pool} {version} are filled in. Without {hostname},
@@ -193,6 +211,14 @@ class PoolSettings(_Section):
     # (a worker that fails the gate may then have taken and lost messages; docs/deployment.md).
     quiet_start: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _elastic_start(cls, data: Any) -> Any:
+        """An elastic pool without `replicas` starts at `min_replicas`."""
+        if isinstance(data, dict) and "replicas" not in data and "min_replicas" in data:
+            return {**data, "replicas": data["min_replicas"]}
+        return data
+
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
@@ -211,10 +237,12 @@ class PoolSettings(_Section):
     def _consistent(self) -> PoolSettings:
         if self.runtime == "docker" and not self.image:
             raise ValueError("runtime 'docker' needs an image")
-        if self.max_per_host is not None and self.max_per_host < self.replicas + 1:
-            raise ValueError(
-                f"max_per_host ({self.max_per_host}) must be at least replicas + 1 ({self.replicas + 1}): "
-                "a surge-first rollout starts a new worker before it retires an old one"
+        self._check_elastic()
+        if self.max_per_host is not None and self.max_per_host < self.largest + 1:
+            key = "max_replicas" if self.elastic else "replicas"
+            raise BlamedKey(key,
+                f"{key} ({self.largest}) + 1 is above max_per_host ({self.max_per_host}): a surge-first "
+                f"rollout starts a new worker before it retires an old one; lower {key} or raise max_per_host"
             )
         for arg in self.command:
             for name in re.findall(r"{(\w*)}", arg):
@@ -230,10 +258,33 @@ class PoolSettings(_Section):
             )
         return self
 
+    def _check_elastic(self) -> None:
+        lo, hi = self.min_replicas, self.max_replicas
+        if (lo is None) != (hi is None):
+            missing = "max_replicas" if hi is None else "min_replicas"
+            raise BlamedKey(missing, "missing: an elastic pool sets both min_replicas and max_replicas "
+                                     "(or neither, for a fixed size of `replicas`)")
+        if lo is None or hi is None:
+            return
+        if lo > hi:
+            raise BlamedKey("min_replicas", f"min_replicas ({lo}) is above max_replicas ({hi})")
+        if not lo <= self.replicas <= hi:
+            raise BlamedKey("replicas", f"replicas ({self.replicas}), the size at start, must lie within "
+                                        f"min_replicas..max_replicas ({lo}..{hi}); or leave it out")
+
+    @property
+    def elastic(self) -> bool:
+        return self.max_replicas is not None
+
+    @property
+    def largest(self) -> int:
+        """The most workers the pool serves with: max_replicas when elastic, else replicas."""
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
     @property
     def cap(self) -> int:
         """Workers of this pool alive at once on this host, draining ones included."""
-        return min(self.replicas + self.surge, self.max_per_host or self.replicas + self.surge)
+        return min(self.largest + self.surge, self.max_per_host or self.largest + self.surge)
 
     @property
     def fingerprint(self) -> str:
@@ -381,6 +432,9 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "<defaults>", text: s
         problems = []
         for error in exc.errors():
             loc = [part for part in error["loc"] if isinstance(part, str | int)]
+            blamed = error.get("ctx", {}).get("error")
+            if isinstance(blamed, BlamedKey):
+                loc.append(blamed.key)
             key = ".".join(_key_text(part) for part in loc) or "(top level)"
             line = _line_of(text, loc) if text else None
             where = f"{source}:{line}" if line else source

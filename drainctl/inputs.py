@@ -6,7 +6,7 @@ API or signals are all inputs; failures are inputs too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from drainctl.core.commands import Command
 from drainctl.core.drain import Drain, DrainPolicy, DrainRefused
 from drainctl.core.events import Decoded
 from drainctl.core.policy import PolicyOverrides
+from drainctl.core.scaling import QueueLoad
 from drainctl.core.snapshot import WorkerSnapshot
 from drainctl.runtime.base import Exited, WorkerHandle
 
@@ -155,8 +156,16 @@ class RollbackRequested:
     answer: Answer
 
 
+@dataclass(frozen=True, slots=True)
+class QueueDepthsIn:
+    """The elastic pools' queues as RabbitMQ reported them (a passive queue.declare each), by queue name;
+    a queue it could not report is missing."""
+
+    queues: Mapping[str, QueueLoad]
+
+
 Input = (
     EventsIn | DroppedIn | BrokerUp | BrokerDown | SnapshotsIn | EventsEnabledIn | CommandFailed | Tick
     | CancelRepliedIn | QueuesRepliedIn | WorkerExitedIn | WorkerStartedIn | DrainRequested
-    | RegisteredIn | StartFailedIn | ReloadRequested | RollbackRequested | LeaseDeniedIn
+    | RegisteredIn | StartFailedIn | ReloadRequested | RollbackRequested | LeaseDeniedIn | QueueDepthsIn
 )

@@ -10,6 +10,7 @@ from drainctl.config import PoolSettings
 from drainctl.core.drain import DrainPolicy
 from drainctl.core.quiet import standby_queue
 from drainctl.core.rollout import PoolTarget
+from drainctl.core.scaling import ScalingPolicy
 from drainctl.runtime.base import WorkerSpec
 
 
@@ -25,6 +26,18 @@ def target_of(pool: PoolSettings, host: str | None = None) -> PoolTarget:
                                  stop_timeout_s=pool.stop_timeout_s, retire_grace_s=pool.retire_grace_s),
         host=host or socket.gethostname(),
         quiet_start=pool.quiet_start,
+        scaling=scaling_of(pool),
+        surge=pool.surge,
+    )
+
+
+def scaling_of(pool: PoolSettings) -> ScalingPolicy | None:
+    if pool.min_replicas is None or pool.max_replicas is None:
+        return None
+    return ScalingPolicy(
+        min_replicas=pool.min_replicas, max_replicas=pool.max_replicas, concurrency=pool.concurrency,
+        target_backlog_per_slot=pool.target_backlog_per_slot, scale_out_cooldown_s=pool.scale_out_cooldown_s,
+        scale_in_cooldown_s=pool.scale_in_cooldown_s, hysteresis=pool.scale_in_hysteresis,
     )
 
 

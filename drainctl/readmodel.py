@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from drainctl.core.autoscale import PoolSizing
 from drainctl.core.drain import Drain, DrainBook, DrainPolicy
 from drainctl.core.model import Cluster
 from drainctl.core.policy import PolicyOverrides
@@ -56,6 +57,9 @@ class ReadModel(Protocol):
     def drains(self) -> DrainBook: ...
     @property
     def pool_targets(self) -> Mapping[str, PoolTarget]: ...
+
+    @property
+    def pool_sizing(self) -> Mapping[str, PoolSizing]: ...
     @property
     def stats(self) -> IngestStats: ...
     @property

@@ -7,17 +7,18 @@ notices and hands the commands to the executor. Every input type is matched, so 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final, assert_never
 
 import anyio
 import structlog
 
+from drainctl.core.autoscale import Autoscaler
 from drainctl.core.commands import Command, Reconcile
 from drainctl.core.drain import CONFIRM_REASON, DrainBook, DrainRefused
 from drainctl.core.events import Decoded, TaskEvent
 from drainctl.core.model import Cluster, Notice
-from drainctl.core.rollout import Fleet
+from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.core.version_outcomes import VersionOutcomes
 from drainctl.inputs import (
     BrokerDown,
@@ -30,6 +31,7 @@ from drainctl.inputs import (
     EventsIn,
     Input,
     LeaseDeniedIn,
+    QueueDepthsIn,
     QueuesRepliedIn,
     RegisteredIn,
     ReloadRequested,
@@ -76,6 +78,7 @@ class Reducer:
         self.cluster = cluster
         self.fleet = fleet
         self.version_outcomes = VersionOutcomes()
+        self.autoscaler = Autoscaler()
         cluster.task_ended = self._task_ended
         self.drains = drains
         self.pools = pools
@@ -93,10 +96,15 @@ class Reducer:
         self._commands, self._notices = [], []
         self._dispatch(item, now)
         if self.synced.is_set() and self.pools.targets:
-            self._add(*self.fleet.plan(self.pools.targets, self.cluster, self.drains, now,
+            self._add(*self.fleet.plan(self.targets, self.cluster, self.drains, now,
                                        requested_by=self.pools.requested_by))
         self._add(*self.drains.evaluate(self.cluster, now))
         return self._commands, self._notices
+
+    @property
+    def targets(self) -> Mapping[str, PoolTarget]:
+        """The pools as the planner keeps them: as configured, elastic ones at their size now."""
+        return self.autoscaler.targets(self.pools.targets, self.fleet.members)
 
     def _add(self, commands: Iterable[Command] = (), notices: Iterable[Notice] = ()) -> None:
         self._commands.extend(commands)
@@ -151,6 +159,11 @@ class Reducer:
                 self.pools.started(item.handle, now)
             case WorkerExitedIn():
                 self._exited(item, now)
+            case QueueDepthsIn():
+                if self.synced.is_set():
+                    self._add(notices=self.autoscaler.observe(
+                        self.pools.targets, item.queues, self.fleet.members, self.fleet.rollouts, self.cluster,
+                        self.drains, now))
             case _:
                 assert_never(item)
 

@@ -114,7 +114,15 @@ def test_pools_parse_with_defaults_and_a_version_from_their_content(tmp_path: Pa
     ("edit", "expected"),
     [
         (("replicas = 1", "replicas = 0"), ":11: pool.1.replicas: Input should be greater than or equal to 1"),
-        (("replicas = 1", "replicas = 1\nmax_per_host = 1"), ":8: pool.1: max_per_host (1) must be at least replicas + 1"),
+        (("replicas = 1", "replicas = 1\nmax_per_host = 1"),
+         ":11: pool.1.replicas: replicas (1) + 1 is above max_per_host (1)"),
+        (("replicas = 1", "min_replicas = 3\nmax_replicas = 2"),
+         ":11: pool.1.min_replicas: min_replicas (3) is above max_replicas (2)"),
+        (("replicas = 1", "min_replicas = 1\nmax_replicas = 6\nmax_per_host = 6"),
+         ":12: pool.1.max_replicas: max_replicas (6) + 1 is above max_per_host (6)"),
+        (("replicas = 1", "min_replicas = 1"), ":8: pool.1.max_replicas: missing: an elastic pool sets both"),
+        (("replicas = 1", "replicas = 9\nmin_replicas = 1\nmax_replicas = 4"),
+         ":11: pool.1.replicas: replicas (9), the size at start, must lie within min_replicas..max_replicas"),
         (('name = "reports"', 'name = "default"'), "pool names must be unique; repeated: default"),
         (('"{queues}"', '"{queue}"'), "unknown placeholder {queue}"),
         (('replicas = 1', 'replicas = 1\nruntime = "docker"'), "runtime 'docker' needs an image"),
@@ -125,6 +133,13 @@ def test_pool_errors_point_at_the_right_table(tmp_path: Path, edit: tuple[str, s
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, POOL.replace(*edit)))
     assert expected in str(info.value)
+
+
+def test_an_elastic_pool_starts_at_min_and_is_capped_at_max(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, POOL.replace("replicas = 1", "min_replicas = 2\nmax_replicas = 5")))
+    reports = settings.pools()["reports"]
+    assert (reports.replicas, reports.elastic, reports.cap) == (2, True, 6)
+    assert not settings.pools()["default"].elastic
 
 
 def test_a_change_that_leaves_a_queue_without_consumer_is_detected(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from drainctl.core.commands import CancelStandby, Command, QueryRegistered, StopWorker, SwitchToPool
 from drainctl.core.policy import DrainPolicy
 from drainctl.core.quiet import on_standby
+from drainctl.core.scaling import ScalingPolicy
 from drainctl.core.worker import Worker, WorkerState
 
 REGISTERED_RETRY_S = 1.0
@@ -34,6 +35,10 @@ class PoolTarget:
     drain_policy: DrainPolicy = field(default_factory=DrainPolicy)
     host: str = "localhost"
     quiet_start: bool = True
+    # Set for an elastic pool: `replicas` is then its size now (`drainctl.core.autoscale`), `cap` the
+    # cap at `max_replicas`, and `surge` what a rollout may start on top of the size.
+    scaling: ScalingPolicy | None = None
+    surge: int = 1
 
 
 @dataclass(slots=True)
