@@ -39,6 +39,9 @@ class PoolSizing:
     last_scale_out_at: float | None = None
     last_scale_in_at: float | None = None
     load: PoolLoad | None = None
+    # The first decision: a scale-in waits scale_in_cooldown_s from then, as after a scaling (a
+    # restarted controller does not shrink a pool it has just found).
+    since: float | None = None
     # "out" / "in" -> how many times
     events: Counter[str] = field(default_factory=Counter)
 
@@ -105,11 +108,14 @@ class Autoscaler:
                 sizing.reason = "queue depths unknown: size held"
                 continue
             alive = [m.hostname for m in members.values() if m.pool == name and m.failed is None]
+            if sizing.since is None:
+                sizing.since = now
             running, reserved = in_hand(cluster, alive)
             load = PoolLoad(tuple(queues[q] for q in pool.queues), running, reserved, sizing.desired)
             decision = desired_replicas(
                 load, pool.scaling, now, last_scale_out_at=sizing.last_scale_out_at,
-                last_scale_in_at=sizing.last_scale_in_at, rollout_active=name in rollouts,
+                last_scale_in_at=max(sizing.last_scale_in_at or sizing.since, sizing.since),
+                rollout_active=name in rollouts,
                 draining=sum(1 for h in alive if h in drains.active),
             )
             sizing.load, sizing.reason, sizing.decided_at = load, decision.reason, now

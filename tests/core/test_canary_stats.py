@@ -36,7 +36,9 @@ def test_fisher_is_a_probability_that_falls_as_the_new_version_fails_more(
     old_failed = min(old_failed, old_total)
     new_failed = data.draw(st.integers(0, new_total - 1))
     p, p_more = (fisher_worse(k, new_total, old_failed, old_total) for k in (new_failed, new_failed + 1))
-    assert 0.0 <= p_more <= p <= 1.0
+    # One more failure changes the law itself (all failures are given), so near 1 both p-values are
+    # sums of different terms: equal within rounding.
+    assert 0.0 <= p_more <= p + 1e-12 and p <= 1.0
 
 
 def test_three_tasks_give_no_verdict_even_with_a_failure() -> None:
