@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import anyio
 import anyio.abc
@@ -32,6 +32,7 @@ from drainctl.errors import DrainctlError
 from drainctl.executor import CommandExecutor
 from drainctl.inputs import (
     Answer,
+    CanaryDecisionRequested,
     DrainRequested,
     EventsIn,
     Input,
@@ -240,6 +241,13 @@ class Controller:
     async def rollback(self, pool: str, version: str | None, requested_by: str) -> dict[str, Any]:
         answer = Answer()
         await self._send.send(RollbackRequested(pool, version, requested_by, answer))
+        return await _answered(answer)
+
+    async def canary_decision(self, pool: str, decision: Literal["promote", "abort"], requested_by: str
+                              ) -> dict[str, Any]:
+        """Promote the pool's canary rollout (every remaining step at once) or abort it."""
+        answer = Answer()
+        await self._send.send(CanaryDecisionRequested(pool, decision, requested_by, answer))
         return await _answered(answer)
 
     async def start_worker(self, spec: WorkerSpec) -> WorkerHandle:

@@ -32,6 +32,9 @@ import click
 import structlog
 
 from drainctl import __version__, config, gc_tuning, logs
+from drainctl.api_client import HttpError
+from drainctl.api_client import get_json as _get_json
+from drainctl.api_client import request_json as _request
 from drainctl.cli_entrypoint import entrypoint, entrypoint_ready
 from drainctl.errors import ApiError, ConfigError, DrainctlError
 from drainctl.redact import redact_text
@@ -157,41 +160,6 @@ async def _serve(settings: config.Settings, file_settings: config.Settings, url:
     finally:
         with anyio.move_on_after(5, shield=True):
             await runner.cleanup()
-
-
-class HttpError(ApiError):
-    def __init__(self, url: str, status: int, body: dict[str, Any]) -> None:
-        message = body.get("error") if isinstance(body.get("error"), str) else str(body)[:200]
-        super().__init__(f"{url}: HTTP {status}: {message}")
-        self.status = status
-        self.body = body
-
-
-def _request(url: str, *, body: dict[str, Any] | None = None, token: str | None = None,
-             timeout: float = 10.0) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")  # noqa: S310
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the URL is the user's
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = {"error": raw[:200].decode(errors="replace")}
-        raise HttpError(url, exc.code, parsed if isinstance(parsed, dict) else {"error": str(parsed)}) from exc
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ApiError(f"cannot reach the controller at {url}: {reason}; is `drainctl run` up? (--url)") from exc
-
-
-def _get_json(url: str, timeout: float = 10.0) -> Any:
-    return _request(url, timeout=timeout)
 
 
 def _age(value: float | None) -> str:
@@ -463,6 +431,31 @@ def rollout_status(url: str, watch: bool, as_json: bool) -> None:
         if not watch:
             return
         time.sleep(2)
+
+
+@rollout.command("promote")
+@click.option("--pool", required=True, help="The pool whose canary rollout to promote.")
+@click.pass_obj
+def rollout_promote(url: str, pool: str) -> None:
+    """Promote POOL's canary rollout: every remaining step at once, no more holds."""
+    _canary_decision(url, pool, "promote")
+
+
+@rollout.command("abort")
+@click.option("--pool", required=True, help="The pool whose canary rollout to abort.")
+@click.pass_obj
+def rollout_abort(url: str, pool: str) -> None:
+    """Abort POOL's canary rollout: back to the old version, the new workers drained."""
+    _canary_decision(url, pool, "abort")
+
+
+def _canary_decision(url: str, pool: str, decision: str) -> None:
+    try:
+        _request(f"{url.rstrip('/')}/rollout/{decision}", body={"pool": pool, "requested_by": _requested_by()},
+                 token=_token())
+    except ApiError as exc:
+        _fail(exc)
+    click.echo(f"pool {pool}: canary rollout {'promoted' if decision == 'promote' else 'aborted'}")
 
 
 @main.command()

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from drainctl.config_canary import CanarySettings
 from drainctl.core.drain import DEFAULT_CONSUMER_TIMEOUT_S
 from drainctl.errors import ConfigError
 
@@ -210,6 +211,8 @@ class PoolSettings(_Section):
     # the pool's queues once the readiness gate has judged it. false: it consumes them from the start
     # (a worker that fails the gate may then have taken and lost messages; docs/deployment.md).
     quiet_start: bool = True
+    # Rollouts in steps with an analysis after each (drainctl/config_canary.py, docs/canary.md).
+    canary: CanarySettings | None = None
 
     @model_validator(mode="before")
     @classmethod

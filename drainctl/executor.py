@@ -24,6 +24,7 @@ from drainctl.core.commands import (
     DeleteStandby,
     EnableEvents,
     EscalateWorker,
+    JournalCanary,
     JournalCancel,
     JournalRollout,
     QueryQueues,
@@ -89,6 +90,10 @@ class CommandExecutor:
                 if journal is not None and rollout is not None:
                     journal.record_rollout(rollout, time.time() - self._clock())
                     journal.save_pins(self.fleet.pins)
+                    journal.save_canary(self.fleet.canary.journal_rows())
+            case JournalCanary():
+                if journal is not None:
+                    journal.save_canary(self.fleet.canary.journal_rows())
             case StartWorker():
                 tg.start_soon(self._start_worker, command)
             case StopWorker() | EscalateWorker():

@@ -51,6 +51,13 @@ class DrainBody(BaseModel):
     requested_by: Annotated[str, Field(max_length=100)] = "api"
 
 
+class PoolBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pool: Annotated[str, Field(min_length=1, max_length=64)]
+    requested_by: Annotated[str, Field(max_length=100)] = "api"
+
+
 class RollbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -134,6 +141,17 @@ class _Handlers:
             return _error(409, str(exc))
         return _json(detail, 202)
 
+    async def post_canary(self, request: web.Request) -> web.Response:
+        body = await _body(request, PoolBody)
+        if not isinstance(body, PoolBody):
+            return body
+        decision: Literal["promote", "abort"] = "promote" if request.path.endswith("promote") else "abort"
+        try:
+            detail = await self.controller.canary_decision(body.pool, decision, body.requested_by)
+        except DrainctlError as exc:
+            return _error(409, str(exc))
+        return _json(detail, 202)
+
     async def get_drain(self, request: web.Request) -> web.Response:
         hostname = request.match_info["hostname"]
         try:
@@ -174,6 +192,8 @@ def build_app(controller: ControllerApi, token: str | None) -> web.Application:
     app.router.add_post("/drain", h.guarded(h.post_drain))
     app.router.add_post("/rollout", h.guarded(h.post_rollout))
     app.router.add_post("/rollback", h.guarded(h.post_rollback))
+    app.router.add_post("/rollout/promote", h.guarded(h.post_canary))
+    app.router.add_post("/rollout/abort", h.guarded(h.post_canary))
     return app
 
 

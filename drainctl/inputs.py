@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -157,6 +157,16 @@ class RollbackRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class CanaryDecisionRequested:
+    """An operator promotes the pool's canary rollout (every remaining step at once) or aborts it."""
+
+    pool: str
+    decision: Literal["promote", "abort"]
+    requested_by: str
+    answer: Answer
+
+
+@dataclass(frozen=True, slots=True)
 class QueueDepthsIn:
     """The elastic pools' queues as RabbitMQ reported them (a passive queue.declare each), by queue name;
     a queue it could not report is missing."""
@@ -168,4 +178,5 @@ Input = (
     EventsIn | DroppedIn | BrokerUp | BrokerDown | SnapshotsIn | EventsEnabledIn | CommandFailed | Tick
     | CancelRepliedIn | QueuesRepliedIn | WorkerExitedIn | WorkerStartedIn | DrainRequested
     | RegisteredIn | StartFailedIn | ReloadRequested | RollbackRequested | LeaseDeniedIn | QueueDepthsIn
+    | CanaryDecisionRequested
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
 );
 CREATE TABLE IF NOT EXISTS pins (pool TEXT PRIMARY KEY, version TEXT NOT NULL, config_version TEXT NOT NULL,
                                  reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS canary (pool TEXT PRIMARY KEY, to_version TEXT NOT NULL, step INTEGER NOT NULL,
+                                   promoted INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS specs (pool TEXT NOT NULL, version TEXT NOT NULL, spec TEXT NOT NULL,
                                   PRIMARY KEY (pool, version));
 """
@@ -89,6 +92,16 @@ class Journal:
     def pins(self) -> dict[str, Pin]:
         rows = self._db.execute("SELECT pool, version, config_version, reason FROM pins").fetchall()
         return {pool: Pin(version, config_version, reason) for pool, version, config_version, reason in rows}
+
+    # canary rollouts: the step each has reached
+    def save_canary(self, rows: Mapping[str, tuple[str, int, bool]]) -> None:
+        self._db.execute("DELETE FROM canary")
+        self._db.executemany("INSERT INTO canary VALUES (?, ?, ?, ?)",
+                             [(pool, version, step, int(promoted)) for pool, (version, step, promoted) in rows.items()])
+
+    def canary(self) -> dict[str, tuple[str, int, bool]]:
+        rows = self._db.execute("SELECT pool, to_version, step, promoted FROM canary").fetchall()
+        return {pool: (version, step, bool(promoted)) for pool, version, step, promoted in rows}
 
     # specs
     def save_spec(self, pool: str, version: str, spec: dict[str, Any]) -> None:

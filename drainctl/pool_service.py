@@ -56,6 +56,7 @@ class PoolService:
         self.journal = Journal(self.settings.controller.state_dir / "journal.sqlite")
         self.fleet.cancelled.update(self.journal.cancelled())
         self.fleet.pins.update(self.journal.pins())
+        self.fleet.canary.resumed.update(self.journal.canary())
         for (pool, version), spec in self.journal.specs().items():
             try:
                 self.specs[(pool, version)] = PoolSettings.model_validate(spec)

@@ -28,6 +28,7 @@ def target_of(pool: PoolSettings, host: str | None = None) -> PoolTarget:
         quiet_start=pool.quiet_start,
         scaling=scaling_of(pool),
         surge=pool.surge,
+        canary=pool.canary.policy() if pool.canary is not None else None,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from drainctl.core.autoscale import PoolSizing
 from drainctl.core.drain import Drain, DrainBook, DrainPolicy
@@ -89,6 +89,9 @@ class ControllerApi(ReadModel, Protocol):
     async def reload(self, requested_by: str) -> dict[str, Any]: ...
 
     async def rollback(self, pool: str, version: str | None, requested_by: str) -> dict[str, Any]: ...
+
+    async def canary_decision(self, pool: str, decision: Literal["promote", "abort"], requested_by: str
+                              ) -> dict[str, Any]: ...
 
     async def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> None: ...
 

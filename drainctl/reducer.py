@@ -23,6 +23,7 @@ from drainctl.core.version_outcomes import VersionOutcomes
 from drainctl.inputs import (
     BrokerDown,
     BrokerUp,
+    CanaryDecisionRequested,
     CancelRepliedIn,
     CommandFailed,
     DrainRequested,
@@ -159,6 +160,8 @@ class Reducer:
                 self.pools.started(item.handle, now)
             case WorkerExitedIn():
                 self._exited(item, now)
+            case CanaryDecisionRequested():
+                self._canary_decision(item)
             case QueueDepthsIn():
                 if self.synced.is_set():
                     self._add(notices=self.autoscaler.observe(
@@ -214,6 +217,15 @@ class Reducer:
             item.pending.result = drain
         item.pending.done.set()
 
+    def _canary_decision(self, item: CanaryDecisionRequested) -> None:
+        error = self.fleet.canary.decide(item.pool, item.decision, item.requested_by)
+        if error is not None:
+            item.answer.error = f"{error} (to undo a rollout, `drainctl rollback --pool {item.pool}`)"
+        else:
+            log.info(f"canary {item.decision}d", pool=item.pool, requested_by=item.requested_by)
+            item.answer.detail = {"pool": item.pool, "decision": item.decision}
+        item.answer.done.set()
+
     def _exited(self, item: WorkerExitedIn, now: float) -> None:
         exited = item.exited
         handle = exited.handle
@@ -240,10 +252,12 @@ class Reducer:
                     notices.extend(n)
         stats.last_event_wall = time.time()
 
-    def _task_ended(self, hostname: str, event: TaskEvent) -> None:
+    def _task_ended(self, hostname: str, name: str | None, event: TaskEvent) -> None:
         member = self.fleet.members.get(hostname)
         if member is not None:
-            self.version_outcomes.record(member.pool, member.version, event.type.removeprefix("task-"), event.runtime)
+            outcome = event.type.removeprefix("task-")
+            self.version_outcomes.record(member.pool, member.version, outcome, event.runtime)
+            self.fleet.canary.record(member.pool, member.version, name, outcome, event.runtime)
 
     def _malformed(self, decoded: Decoded, now: float) -> None:
         for rejection in decoded.rejections:

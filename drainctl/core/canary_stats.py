@@ -11,7 +11,8 @@ And one more: a task the old version ran at least `min_old_runs` times in the wi
 never ran, while the new version ran others (it may not be routed there, or may not know it).
 
 `analyse` turns them into a verdict: `fail` (with a reason naming the task, the counts and the figures) as
-soon as the evidence is clear, `pass` once enough tasks have been seen without any, `wait` otherwise.
+soon as the evidence is clear, `pass` once enough tasks have been seen without any and with a failure
+rate within the threshold even where not significant, `wait` otherwise.
 """
 
 from __future__ import annotations
@@ -137,7 +138,20 @@ def analyse(new: Mapping[str, Outcomes], old: Mapping[str, Outcomes], *, min_tas
                     if old[name].total >= t.min_old_runs]
     if reasons:
         return Verdict("fail", tuple(reasons))
-    return Verdict("pass") if seen >= min_tasks else Verdict("wait")
+    if seen < min_tasks:
+        return Verdict("wait")
+    # No clear evidence against it is not enough: a new version that looks worse than the thresholds
+    # allow waits for more tasks (a clear verdict either way, or max_wait_s).
+    doubts = [d for name in sorted(new.keys() & old.keys()) for d in looks_worse(name, new[name], old[name], t)]
+    return Verdict("wait", tuple(doubts)) if doubts else Verdict("pass")
+
+
+def looks_worse(name: str, new: Outcomes, old: Outcomes, t: Thresholds) -> list[str]:
+    """Where the new version's failure rate is above the old one's by the threshold, significant or not.
+    (Runtimes are not doubted so: a median of a few dozen runs swings by half on its own.)"""
+    if new.total and old.total and new.failed / new.total - old.failed / old.total >= t.min_failure_rate_increase:
+        return [f"{name}: {new.failed}/{new.total} failed against {old.failed}/{old.total}, not yet significant"]
+    return []
 
 
 def _log_choose(n: int, k: int) -> float:

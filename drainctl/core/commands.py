@@ -133,7 +133,13 @@ class JournalRollout:
     rollout_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class JournalCanary:
+    """Record the canary rollouts' steps and promotions (a restarted controller resumes each hold there)."""
+
+
 PoolCommand = (
     StartWorker | SwitchToPool | CancelStandby | DeleteStandby | QueryRegistered | JournalCancel | JournalRollout
+    | JournalCanary
 )
 Command = Reconcile | EnableEvents | DrainCommand | PoolCommand

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from drainctl.core.canary import CanaryPolicy
 from drainctl.core.commands import CancelStandby, Command, QueryRegistered, StopWorker, SwitchToPool
 from drainctl.core.policy import DrainPolicy
 from drainctl.core.quiet import on_standby
@@ -39,6 +40,8 @@ class PoolTarget:
     # cap at `max_replicas`, and `surge` what a rollout may start on top of the size.
     scaling: ScalingPolicy | None = None
     surge: int = 1
+    # Set: a rollout replaces the pool in these steps, each held until the new version proves itself.
+    canary: CanaryPolicy | None = None
 
 
 @dataclass(slots=True)

@@ -60,7 +60,7 @@ class Cluster:
         self.task_outcomes: dict[str, int] = {}
         self.snapshots_merged = 0
         # Told of every task end the model accepts (hostname, event): the reducer counts them per pool version.
-        self.task_ended: Callable[[str, TaskEvent], None] | None = None
+        self.task_ended: Callable[[str, str | None, TaskEvent], None] | None = None
         # How long tasks of each name ran (bounded): what drains and scale-in estimate from.
         self.runtimes = RuntimeHistory()
 
@@ -226,7 +226,7 @@ class Cluster:
         outcomes = self.task_outcomes
         outcomes[event.type] = outcomes.get(event.type, 0) + 1
         if self.task_ended is not None:
-            self.task_ended(worker.hostname, event)
+            self.task_ended(worker.hostname, task.name if task is not None and task.name else event.name, event)
 
     # ------------------------------------------------------------------ replies
     def note_task_events(self, hostname: str, enabled_now: bool, now: float) -> list[Command]:

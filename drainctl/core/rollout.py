@@ -29,7 +29,15 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from drainctl.core.commands import Command, DeleteStandby, JournalCancel, JournalRollout, StartWorker
+from drainctl.core.canary import CanaryBook
+from drainctl.core.commands import (
+    Command,
+    DeleteStandby,
+    JournalCanary,
+    JournalCancel,
+    JournalRollout,
+    StartWorker,
+)
 from drainctl.core.drain import DrainBook, DrainRefused, Phase
 from drainctl.core.gate import readiness
 from drainctl.core.members import (
@@ -100,6 +108,8 @@ class _Pass:
     ready_new: list[Member]
     commands: list[Command]
     notices: list[Notice]
+    # Workers of the target version the pool may have now: fewer than replicas during a canary's steps.
+    allowed: int = 0
     # The workers being drained when the drains of this pass began (reverted ones excluded).
     draining: set[str] = field(default_factory=set)
     # Members this pass would drain but cannot, and why.
@@ -121,6 +131,7 @@ class Fleet:
         # Members a rollout needs drained but cannot drain, and why (each reported once).
         self.blocked: dict[str, str] = {}
         self.rollout_outcomes: Counter[str] = Counter()
+        self.canary = CanaryBook()
 
     # ------------------------------------------------------------------ queries
     def target(self, pool: PoolTarget) -> str:
@@ -209,12 +220,17 @@ class Fleet:
             if member.ready_at is None and member.failed is None:
                 commands.extend(self._judge(member, pool, cluster, now, notices))
         rollout = self._track_rollout(pool, members, now, requested_by, commands, notices)
+        allowed = pool.replicas
+        if rollout is not None and pool.canary is not None and pool.name not in self.pins:
+            # A pinned target is a way back: it goes at once, never in steps.
+            allowed, rollout = self._canary(pool, rollout, members, now, commands, notices)
         # After an abort the target is the old version again: the phases below then treat the new
         # version as old (a reverse surge).
         target = self.target(pool)
         new = [m for m in members if m.version == target and m.failed is None]
         step = _Pass(pool, cluster, drains, now, members, target, rollout, new,
-                     ready_new=[m for m in new if m.ready_at is not None], commands=commands, notices=notices)
+                     ready_new=[m for m in new if m.ready_at is not None], commands=commands, notices=notices,
+                     allowed=allowed)
         self._revert_drains(step)
         self._surge(step)
         step.draining = set(drains.active)
@@ -254,10 +270,30 @@ class Fleet:
                   and f.at >= active.started_at]
         if not failed:
             return active
-        reason = f"{failed[0].hostname}: {failed[0].reason}"
-        self.pins[pool.name] = Pin(active.from_version, pool.version, f"rollout {active.id} failed")
-        self._close(active, "failed", now, f"aborted, back to {active.from_version}: {reason}", notices, commands)
+        self._abort(pool, active, f"{failed[0].hostname}: {failed[0].reason}", now, commands, notices)
         return None
+
+    def _abort(self, pool: PoolTarget, rollout: Rollout, reason: str, now: float, commands: list[Command],
+               notices: list[Notice]) -> None:
+        """Back to the old version: the pool is pinned to it (its drained workers resume, the new ones are
+        drained, a reverse surge restores its size) until the config asks for another version."""
+        self.pins[pool.name] = Pin(rollout.from_version, pool.version, f"rollout {rollout.id} failed")
+        self._close(rollout, "failed", now, f"aborted, back to {rollout.from_version}: {reason}", notices, commands)
+
+    def _canary(self, pool: PoolTarget, rollout: Rollout, members: list[Member], now: float,
+                commands: list[Command], notices: list[Notice]) -> tuple[int, Rollout | None]:
+        """How many new workers the canary allows now; the rollout is None once the canary aborted it."""
+        assert pool.canary is not None
+        ready = sum(1 for m in members if m.version == rollout.to_version and m.ready_at is not None
+                    and m.failed is None)
+        gate = self.canary.allowed(pool.name, rollout.to_version, pool.canary, pool.replicas, ready, now)
+        if gate.journal:
+            commands.append(JournalCanary())
+            notices.append(Notice("canary-step", pool.name, f"{rollout.id}: {self.canary.holds[pool.name].detail}"))
+        if gate.abort is None:
+            return gate.allowed, rollout
+        self._abort(pool, rollout, f"canary analysis: {gate.abort}", now, commands, notices)
+        return pool.replicas, None
 
     def _revert_drains(self, step: _Pass) -> None:
         """Target-version workers drained by a rollout that no longer wants it consume again, as many as
@@ -284,7 +320,7 @@ class Fleet:
     def _surge(self, step: _Pass) -> None:
         """Start workers of the target version, surge-first, within the cap and the pool's start backoff."""
         pool = step.pool
-        missing = pool.replicas - len(step.new)
+        missing = step.allowed - len(step.new)
         room = pool.cap - len(step.members)
         if missing <= 0 or room <= 0 or step.now < self.next_start_at.get(pool.name, 0.0):
             return
@@ -424,6 +460,7 @@ class Fleet:
         rollout.finished_at = now
         rollout.detail = detail
         self.rollouts.pop(rollout.pool, None)
+        self.canary.close(rollout.pool)
         self.history.append(rollout)
         self.rollout_outcomes[outcome] += 1
         commands.append(JournalRollout(rollout.id))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from drainctl.core.canary_stats import (
     Outcomes,
     Thresholds,
+    Verdict,
     analyse,
     fisher_worse,
     mann_whitney_slower,
@@ -80,6 +81,13 @@ def test_a_healthy_version_passes_once_enough_tasks_were_seen() -> None:
     new = {"work": runs(40, 1.0, seed=10), "report": runs(15, 5.0, seed=11)}
     assert analyse(new, old, min_tasks=80).outcome == "wait"
     assert analyse(new, old, min_tasks=50).outcome == "pass"
+
+
+def test_a_version_that_looks_worse_without_clear_evidence_waits_for_more_tasks() -> None:
+    old = {"work": runs(60, 1.0, seed=16)}
+    new = {"work": runs(20, 1.0, seed=17, failed=4)}  # 20 % against 0 %: p = 0.003, not below 0.001
+    verdict = analyse(new, old, min_tasks=20)
+    assert verdict == Verdict("wait", ("work: 4/20 failed against 0/60, not yet significant",))
 
 
 def test_a_task_the_new_version_never_runs_fails_it() -> None:

@@ -36,7 +36,7 @@ def test_the_model_tells_each_task_end_it_accepts_once() -> None:
     cluster = Cluster()
     ended: list[tuple[str, str]] = []
 
-    def told(hostname: str, event: TaskEvent) -> None:
+    def told(hostname: str, name: str | None, event: TaskEvent) -> None:
         ended.append((hostname, event.type))
 
     cluster.task_ended = told
