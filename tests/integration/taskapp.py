@@ -38,8 +38,11 @@ fixture. It is configured from the environment so each worker can be started dif
     optional: exchange named after the queue, ``direct``, routing key the queue's name, no arguments).
     These knobs are read by :func:`queue_settings`, which a test can call with the same
     environment to route its own messages as the workers do.
+``TASKAPP_WORK_SLOWDOWN`` / ``TASKAPP_WORK_FAIL_EVERY``
+    How :func:`work` behaves in this "version": its sleep multiplied by the first, and every n-th call
+    of a pool process failing (0, the default: none).
 ``TASKAPP_RECORD_DIR``
-    If set, :func:`sleep`, :func:`broken` and :func:`flaky` append JSON lines describing their
+    If set, :func:`sleep`, :func:`broken`, :func:`flaky` and :func:`work` append JSON lines describing their
     executions to ``<dir>/<worker pid>.jsonl`` (one file per pool process); read them with
     :func:`tests.helpers.read_records`. Each execution is identified by ``(uuid, retries)``;
     ``redelivered`` says whether the broker had delivered its message before.
@@ -105,11 +108,7 @@ def _slow_shutdown(**_: Any) -> None:
 
 
 def _record(task: Any, event: str, **extra: Any) -> None:
-    """Append one execution record for ``task`` if ``TASKAPP_OMIT``
-    Comma-separated task names left unregistered: a "new version" that lacks them.
-``TASKAPP_EXIT_WHEN_READY``
-    ``"1"``: the worker exits (code 3) as soon as it is ready, after its worker-online.
-``TASKAPP_RECORD_DIR`` is set."""
+    """Append one execution record for ``task`` if ``TASKAPP_RECORD_DIR`` is set."""
     record_dir = os.environ.get("TASKAPP_RECORD_DIR")
     if not record_dir:
         return
@@ -160,6 +159,26 @@ def flaky(self: Any, seconds: float, failures: int) -> float:
         raise self.retry(countdown=1)
     _record(self, "end", seconds=seconds, outcome="ok")
     return seconds
+
+
+_work_calls = 0
+
+
+@app.task(bind=True, name="taskapp.work")
+def work(self: Any, seconds: float) -> float:
+    """Sleep ``seconds`` x ``TASKAPP_WORK_SLOWDOWN``; every ``TASKAPP_WORK_FAIL_EVERY``-th call in a pool
+    process fails (recorded as ``end`` with ``outcome`` "error"). A version's behaviour, set by its env."""
+    global _work_calls
+    _work_calls += 1
+    scaled = seconds * float(os.environ.get("TASKAPP_WORK_SLOWDOWN", "1"))
+    _record(self, "start", seconds=scaled)
+    time.sleep(scaled)
+    every = int(os.environ.get("TASKAPP_WORK_FAIL_EVERY", "0"))
+    if every and _work_calls % every == 0:
+        _record(self, "end", seconds=scaled, outcome="error")
+        raise ValueError("taskapp.work fails by design")
+    _record(self, "end", seconds=scaled, outcome="ok")
+    return scaled
 
 
 @app.task(name="taskapp.add")

@@ -1,0 +1,119 @@
+"""Canary rollouts of a real pool under load: a failing or slower version is aborted at its first step, a
+healthy one is promoted through every step; no task is lost, duplicated or interrupted."""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+from celery import Celery
+
+from drainctl.app import Controller
+from drainctl.core.rollout import Rollout
+from tests.helpers import read_records
+from tests.integration.pools import PoolHarness, pool_at, running
+
+pytestmark = pytest.mark.anyio
+
+# Steps of 1 worker, then the whole pool of 3: one hold.
+ONE_STEP = "canary = { steps = [1], min_tasks = 30, bake_s = 2, max_wait_s = 120 }\n"
+TWO_STEPS = 'canary = { steps = [1, "50%"], min_tasks = 30, bake_s = 2, max_wait_s = 120 }\n'
+
+
+async def send_work(app: Celery, queue: str, seconds: float) -> str:
+    from tests.integration.taskapp import work
+
+    result = await anyio.to_thread.run_sync(partial(work.apply_async, (seconds,), queue=queue))
+    return str(result.id)
+
+
+async def roll_out_under_load(harness: PoolHarness, ctl: Controller, app: Celery, v2_env: str, extra_pool: str,
+                              until_outcome: str) -> tuple[list[str], list[int]]:
+    """Roll the pool to v2 (with `v2_env`) while tasks flow; the task ids sent and, at each hold, its step."""
+    sent: list[str] = []
+    holds: list[int] = []
+
+    def settled() -> bool:
+        hold = ctl.fleet.canary.holds.get("p")
+        if hold is not None and hold.started_at is not None and (not holds or holds[-1] != hold.step):
+            holds.append(hold.step)
+        ended = [r for r in ctl.fleet.history if r.to_version == "v2" and r.outcome == until_outcome]
+        return bool(ended) and pool_at(ctl, "v2" if until_outcome == "succeeded" else "v1")
+
+    async with anyio.create_task_group() as tg:
+        async def load() -> None:
+            with anyio.move_on_after(150):  # bounded in time and count
+                for i in range(3000):
+                    sent.append(await send_work(app, harness.queue, 0.05 + (i % 4) * 0.05))
+                    await anyio.sleep(0.05)
+
+        tg.start_soon(load)
+        harness.write("v2", extra_env=v2_env, extra_pool=extra_pool)
+        await ctl.reload("test")
+        await ctl.wait_for(settled, 150)
+        tg.cancel_scope.cancel()
+    # every task sent runs to its end
+    await ctl.wait_for(lambda: not any(w.tasks for w in ctl.cluster if w.hostname.startswith("p-")), 60)
+    return sent, holds
+
+
+def canary_rollout(ctl: Controller) -> Rollout:
+    """The rollout to v2 (an aborted one is followed by the way back to v1)."""
+    return next(r for r in ctl.fleet.history if r.to_version == "v2")
+
+
+def check_every_task_ran_once(records_dir: Path, sent: list[str]) -> Counter[str]:
+    """Every task sent started once and ended (0 lost, 0 duplicated, 0 interrupted); ends per version."""
+    records = read_records(records_dir)
+    starts = Counter(r["uuid"] for r in records if r["event"] == "start")
+    ends = {r["uuid"]: r for r in records if r["event"] == "end"}
+    assert len(sent) > 100
+    assert [u for u in sent if starts[u] != 1] == [], "lost or duplicated"
+    assert [u for u in sent if u not in ends] == [], "interrupted"
+    return Counter(r["hostname"].split("-")[1] for r in ends.values())
+
+
+async def test_a_version_failing_a_fifth_of_its_tasks_is_aborted_at_the_first_step(
+    broker_url: str, celery_app: Celery, tmp_path: Path
+) -> None:
+    harness = PoolHarness(tmp_path, broker_url)
+    harness.write("v1", extra_pool=ONE_STEP)
+    async with running(harness) as ctl:
+        await ctl.wait_for(lambda: pool_at(ctl, "v1"), 90)
+        sent, holds = await roll_out_under_load(harness, ctl, celery_app, ', TASKAPP_WORK_FAIL_EVERY = "5"',
+                                                ONE_STEP, "failed")
+        detail = canary_rollout(ctl).detail
+        assert "canary analysis: taskapp.work: " in detail and "failed on the new version" in detail, detail
+        assert holds == [0]
+    by_version = check_every_task_ran_once(harness.records, sent)
+    v2_hosts = {r["hostname"] for r in read_records(harness.records) if "-v2-" in r["hostname"]}
+    assert len(v2_hosts) == 1 and by_version["v2"] >= 10, (v2_hosts, by_version)
+
+
+async def test_a_version_three_times_slower_is_aborted(broker_url: str, celery_app: Celery, tmp_path: Path) -> None:
+    harness = PoolHarness(tmp_path, broker_url)
+    harness.write("v1", extra_pool=ONE_STEP)
+    async with running(harness) as ctl:
+        await ctl.wait_for(lambda: pool_at(ctl, "v1"), 90)
+        sent, _ = await roll_out_under_load(harness, ctl, celery_app, ', TASKAPP_WORK_SLOWDOWN = "3"', ONE_STEP,
+                                            "failed")
+        detail = canary_rollout(ctl).detail
+        assert "canary analysis: taskapp.work: runtime p50 " in detail, detail
+    check_every_task_ran_once(harness.records, sent)
+
+
+async def test_a_healthy_version_is_promoted_through_every_step(
+    broker_url: str, celery_app: Celery, tmp_path: Path
+) -> None:
+    harness = PoolHarness(tmp_path, broker_url)
+    harness.write("v1", extra_pool=TWO_STEPS)
+    async with running(harness) as ctl:
+        await ctl.wait_for(lambda: pool_at(ctl, "v1"), 90)
+        sent, holds = await roll_out_under_load(harness, ctl, celery_app, "", TWO_STEPS, "succeeded")
+        assert holds == [0, 1]  # held with 1 new worker, then with 2; the pool of 3 then whole on v2
+        assert canary_rollout(ctl).detail == "p runs v2"
+    by_version = check_every_task_ran_once(harness.records, sent)
+    assert by_version["v2"] > 30
