@@ -27,7 +27,7 @@ PROVIDERS = ROOT / "grafana" / "provisioning" / "dashboards" / "drainctl.yml"
 ALERTS = {
     "DrainctlDrainPastDeadline", "DrainctlRolloutFailed", "DrainctlWorkerSilent", "DrainctlNoEvents",
     "DrainctlEventsDropped", "DrainctlEventsMalformed", "DrainctlConfigReloadRejected", "DrainctlHostnameCollision",
-    "DrainctlWorkerIgnoresRemoteControl", "DrainctlConsumerTimeoutNear",
+    "DrainctlWorkerIgnoresRemoteControl", "DrainctlConsumerTimeoutNear", "DrainctlPoolAtMaxWithGrowingBacklog",
 }
 
 
