@@ -36,6 +36,7 @@ from drainctl.api_client import HttpError
 from drainctl.api_client import get_json as _get_json
 from drainctl.api_client import request_json as _request
 from drainctl.cli_entrypoint import entrypoint, entrypoint_ready
+from drainctl.cli_status import status_lines
 from drainctl.errors import ApiError, ConfigError, DrainctlError
 from drainctl.redact import redact_text
 
@@ -162,15 +163,14 @@ async def _serve(settings: config.Settings, file_settings: config.Settings, url:
             await runner.cleanup()
 
 
-def _age(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}s"
 
 
 @main.command()
 @click.option("--url", default=DEFAULT_URL, show_default=True, help="The controller's API.")
 @click.option("--json", "as_json", is_flag=True, help="Print the /status document.")
 def status(url: str, as_json: bool) -> None:
-    """Show every worker and the tasks it runs, holds prefetched, or holds for an ETA."""
+    """Show each elastic pool's size and why, and every worker with the tasks it runs, holds prefetched, or
+    holds for an ETA."""
     try:
         document = _get_json(url.rstrip("/") + "/status")
     except ApiError as exc:
@@ -178,34 +178,8 @@ def status(url: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
-    ctl = document.get("controller", {})
-    click.echo(
-        f"controller {ctl.get('id')}  broker {ctl.get('broker')}  "
-        f"{'connected' if ctl.get('broker_connected') else 'DISCONNECTED'}  "
-        f"events {ctl.get('events_consumed')}  malformed {ctl.get('events_malformed')}  "
-        f"dropped {ctl.get('events_dropped')}"
-    )
-    rows = [("WORKER", "STATE", "RUN", "PREF", "ETA", "QUEUES", "HEARTBEAT", "TASK EVENTS", "CELERY")]
-    for w in document.get("workers", []):
-        state = w["state"] + (" COLLISION" if w.get("collision") else "") + (
-            " NO-REMOTE-CONTROL" if w.get("remote_control") == "not answering" else "")
-        rows.append((
-            w["hostname"], state, str(w["running"]), str(w["reserved"]), str(w["scheduled"]),
-            ",".join(w["queues"]) if w.get("queues") is not None else "?",
-            _age(w.get("last_heartbeat_age_s")), w.get("task_events", "?"), w.get("celery_version") or "?",
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    if len(rows) == 1:
-        click.echo("(no workers seen yet)")
-    for w in document.get("workers", []):
-        if w.get("collision"):
-            click.echo(f"{w['hostname']}: hostname collision: {w['collision']}; drains of that name are refused")
-        if w.get("remote_control") == "not answering":
-            click.echo(f"{w['hostname']}: does not answer remote control ({w.get('remote_control_unanswered')} "
-                       "questions unanswered while it heartbeats): drains refused; stop it with SIGTERM "
-                       "(warm shutdown) and enable worker_enable_remote_control")
+    for line in status_lines(document):
+        click.echo(line)
 
 
 SUCCESS_OUTCOMES = {"retired", "shutdown-requested", "restarted-by-supervisor"}

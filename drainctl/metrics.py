@@ -20,6 +20,7 @@ from drainctl.core.drain import DURATION_BUCKETS, ESTIMATE_ERROR_BUCKETS, Outcom
 from drainctl.core.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES
 from drainctl.core.model import REMOTE_CONTROL_CHECK, WorkerState
 from drainctl.core.rollout import Fleet
+from drainctl.core.scaling import backlog
 from drainctl.core.version_outcomes import RUNTIME_BUCKETS
 from drainctl.metrics_workers import worker_series
 from drainctl.readmodel import ReadModel, member_status, pool_pin
@@ -33,6 +34,7 @@ RECONCILE_REASONS = (
     REMOTE_CONTROL_CHECK,
 )
 ROLLOUT_OUTCOMES = ("succeeded", "failed", "superseded")
+SCALE_DIRECTIONS = ("in", "out")
 RELOAD_OUTCOMES = ("applied", "rejected")
 POOL_WORKER_STATUSES = ("starting", "standby", "switching", "ready", "draining", "failed")
 
@@ -80,6 +82,7 @@ class ModelCollector(Collector):
         yield from self._drains()
         yield from self._versions()
         yield from self._pools()
+        yield from self._scaling()
         yield from self._controller()
 
     # ------------------------------------------------------------------ workers and their tasks
@@ -258,8 +261,10 @@ class ModelCollector(Collector):
             "Workers of each pool drainctl runs, by version and status (starting, standby, switching, ready, "
             "draining, failed).",
             labels=["pool", "version", "status"])
-        replicas = GaugeMetricFamily("drainctl_pool_replicas", "Workers the configuration asks of each pool.",
-                                     labels=["pool"])
+        replicas = GaugeMetricFamily(
+            "drainctl_pool_replicas",
+            "Workers each pool is kept at: its configured replicas, or an elastic pool's desired size.",
+            labels=["pool"])
         for name in pools:
             target = model.pool_targets[name]
             replicas.add_metric([name], target.replicas)
@@ -297,6 +302,36 @@ class ModelCollector(Collector):
             pinned.add_metric([name], int(pool_pin(fleet, name, target) is not None))
         yield in_progress
         yield pinned
+
+    # ------------------------------------------------------------------ elastic pools
+    def _scaling(self) -> Iterator[Metric]:
+        model = self.model
+        desired = GaugeMetricFamily(
+            "drainctl_pool_desired_replicas",
+            "Elastic pools: the size the last decision asked for (min_replicas..max_replicas).", labels=["pool"])
+        lowest = GaugeMetricFamily("drainctl_pool_min_replicas", "Elastic pools: min_replicas.", labels=["pool"])
+        highest = GaugeMetricFamily("drainctl_pool_max_replicas", "Elastic pools: max_replicas.", labels=["pool"])
+        waiting = GaugeMetricFamily(
+            "drainctl_pool_backlog_messages",
+            "Elastic pools: messages waiting for a slot at the last decision (ready in the pool's queues plus "
+            "those its workers hold prefetched); absent until the queue depths are known.", labels=["pool"])
+        events = CounterMetricFamily(
+            "drainctl_pool_scale_events_total",
+            "Elastic pools: size changes decided, by direction (out: workers added, in: one worker drained).",
+            labels=["pool", "direction"])
+        for name, target in sorted(model.pool_targets.items()):
+            policy = target.scaling
+            if policy is None:
+                continue
+            sizing = model.pool_sizing.get(name)
+            desired.add_metric([name], sizing.desired if sizing is not None else target.replicas)
+            lowest.add_metric([name], policy.min_replicas)
+            highest.add_metric([name], policy.max_replicas)
+            if sizing is not None and sizing.load is not None:
+                waiting.add_metric([name], backlog(sizing.load))
+            for direction in SCALE_DIRECTIONS:
+                events.add_metric([name, direction], sizing.events.get(direction, 0) if sizing is not None else 0)
+        yield from (desired, lowest, highest, waiting, events)
 
     # ------------------------------------------------------------------ the controller itself
     def _controller(self) -> Iterator[Metric]:

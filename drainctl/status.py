@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from drainctl.core.autoscale import PoolSizing
 from drainctl.core.drain import Drain
+from drainctl.core.members import PoolTarget
 from drainctl.core.model import Worker
+from drainctl.core.scaling import backlog, needed_slots
 from drainctl.core.snapshot import TaskState
 from drainctl.core.worker import Task
 from drainctl.readmodel import ReadModel, member_status, pool_pin
@@ -72,6 +75,43 @@ def drain_document(model: ReadModel, drain: Drain) -> dict[str, Any]:
     }
 
 
+def _age(now: float, at: float | None) -> float | None:
+    return None if at is None else round(now - at, 3)
+
+
+def scaling_document(model: ReadModel, target: PoolTarget) -> dict[str, Any] | None:
+    """An elastic pool's last sizing decision: why it has the size it has (None for a fixed pool).
+
+    Before the start-up reconcile is merged, an elastic pool has no decision yet (`decided_age_s` None).
+    """
+    policy = target.scaling
+    if policy is None:
+        return None
+    now = model.now()
+    sizing = model.pool_sizing.get(target.name) or PoolSizing(
+        target.replicas, "not decided yet: the model is not complete (start-up reconcile)")
+    load = sizing.load
+    return {
+        "reason": sizing.reason,
+        "decided_age_s": _age(now, sizing.decided_at),
+        "last_scale_out_age_s": _age(now, sizing.last_scale_out_at),
+        "last_scale_in_age_s": _age(now, sizing.last_scale_in_at),
+        # What the last decision saw: ready messages in the queues plus those the workers hold prefetched.
+        "backlog_messages": backlog(load) if load is not None else None,
+        "needed_slots": round(needed_slots(load, policy), 3) if load is not None else None,
+        "running": load.running if load is not None else None,
+        "reserved": load.reserved if load is not None else None,
+        "queues": [] if load is None else [
+            {"name": q.name, "depth": q.depth, "consumers": q.consumers} for q in load.queues],
+        "scale_events": {"out": sizing.events.get("out", 0), "in": sizing.events.get("in", 0)},
+        "concurrency": policy.concurrency,
+        "target_backlog_per_slot": policy.target_backlog_per_slot,
+        "scale_out_cooldown_s": policy.scale_out_cooldown_s,
+        "scale_in_cooldown_s": policy.scale_in_cooldown_s,
+        "scale_in_hysteresis": policy.hysteresis,
+    }
+
+
 def pools_document(model: ReadModel) -> list[dict[str, Any]]:
     fleet = model.fleet
     history = model.rollout_history(20)
@@ -92,6 +132,8 @@ def pools_document(model: ReadModel) -> list[dict[str, Any]]:
                 "blocked": fleet.blocked.get(member.hostname),
             })
         active = fleet.rollouts.get(name)
+        ready = [m for m in members if m.version == version and m.ready_at is not None and not m.failed]
+        sizing = model.pool_sizing.get(name)
         pools.append({
             "name": name,
             "version_target": version,
@@ -100,7 +142,13 @@ def pools_document(model: ReadModel) -> list[dict[str, Any]]:
             "replicas": target.replicas,
             "cap": target.cap,
             "alive": len(members),
-            "ready": sum(1 for m in members if m.version == version and m.ready_at is not None and not m.failed),
+            "ready": len(ready),
+            # The size the pool is kept at, and what serves it: ready workers of the target version not draining.
+            "desired_replicas": sizing.desired if sizing is not None else target.replicas,
+            "actual_replicas": sum(1 for m in ready if m.hostname not in model.drains.active),
+            "min_replicas": target.scaling.min_replicas if target.scaling is not None else None,
+            "max_replicas": target.scaling.max_replicas if target.scaling is not None else None,
+            "scaling": scaling_document(model, target),
             "queues": list(target.queues),
             "workers": workers,
             "rollout": None if active is None else {

@@ -27,7 +27,7 @@ PROVIDERS = ROOT / "grafana" / "provisioning" / "dashboards" / "drainctl.yml"
 ALERTS = {
     "DrainctlDrainPastDeadline", "DrainctlRolloutFailed", "DrainctlWorkerSilent", "DrainctlNoEvents",
     "DrainctlEventsDropped", "DrainctlEventsMalformed", "DrainctlConfigReloadRejected", "DrainctlHostnameCollision",
-    "DrainctlWorkerIgnoresRemoteControl", "DrainctlConsumerTimeoutNear",
+    "DrainctlWorkerIgnoresRemoteControl", "DrainctlConsumerTimeoutNear", "DrainctlPoolAtMaxWithGrowingBacklog",
 }
 
 
@@ -123,6 +123,18 @@ def test_dashboard_covers_what_the_issue_asks() -> None:
         "drainctl_events_dropped_total", "drainctl_reconciles_total",
     ):
         assert needle in text, needle
+
+
+def test_dashboard_has_an_autoscaling_row() -> None:
+    board = dashboard()
+    rows = [p for p in board["panels"] if p["type"] == "row"]
+    row = next(r for r in rows if r["title"] == "Autoscaling")
+    below = [p for p in board["panels"] if p["type"] != "row" and p["gridPos"]["y"] == row["gridPos"]["y"] + 1]
+    exprs = "\n".join(t["expr"] for p in below for t in p["targets"])
+    for needle in ("drainctl_pool_desired_replicas", 'drainctl_pool_workers{', 'status="ready"',
+                   "drainctl_pool_min_replicas", "drainctl_pool_max_replicas", "drainctl_pool_backlog_messages",
+                   "increase(drainctl_pool_scale_events_total"):
+        assert needle in exprs, needle
 
 
 def test_provisioning_points_at_prometheus_and_the_dashboards() -> None:
