@@ -367,6 +367,8 @@ def _render_pools(document: dict[str, Any]) -> list[str]:
             lines.append(f"  rollout {rollout_doc['id']} {rollout_doc['from_version']} -> {rollout_doc['to_version']} "
                          f"{_bar(rollout_doc['replaced'], rollout_doc['total'])} "
                          f"{rollout_doc['replaced']}/{rollout_doc['total']} replaced")
+        if pool.get("canary"):
+            lines.extend(_render_canary(pool["canary"]))
         for member in pool.get("workers", []):
             drain_doc = member.get("drain")
             line = f"    {member['hostname']}  {member['version']}  {member['status']}"
@@ -383,6 +385,26 @@ def _render_pools(document: dict[str, Any]) -> list[str]:
             lines.append(f"  {past['id']}: {past['from_version']} -> {past['to_version']} {past['outcome']} "
                          f"({past['requested_by']}) {past['detail']}")
     return lines or ["(no pools configured)"]
+
+
+def _render_canary(canary: dict[str, Any]) -> list[str]:
+    head = f"  canary step {canary['step']}/{canary['steps']} ({canary['new_workers']} new)"
+    if canary["holding"]:
+        head += (f": holding {canary['held_s']:.0f}s, {canary['tasks_seen']}/{canary['tasks_needed']} tasks, "
+                 f"bake {canary['bake_left_s']:.0f}s and at most {canary['time_left_s']:.0f}s left "
+                 f"(then {canary['on_timeout']}); verdict {canary['verdict']}")
+    else:
+        head += f": {canary['detail']}"
+    lines = [head, *(f"    {reason}" for reason in canary["reasons"])]
+    for row in canary["comparison"]:
+        new, old = row["new"], row["old"]
+        lines.append(f"    {row['task']}: new {new['succeeded']} ok {new['failed']} failed p50 {_secs(new)} | "
+                     f"old {old['succeeded']} ok {old['failed']} failed p50 {_secs(old)}")
+    return lines
+
+
+def _secs(side: dict[str, Any]) -> str:
+    return "-" if side["runtime_p50_s"] is None else f"{side['runtime_p50_s']:.2f}s"
 
 
 @rollout.command("status")

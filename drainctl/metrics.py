@@ -302,6 +302,21 @@ class ModelCollector(Collector):
             pinned.add_metric([name], int(pool_pin(fleet, name, target) is not None))
         yield in_progress
         yield pinned
+        yield from self._canary(pools)
+
+    def _canary(self, pools: list[str]) -> Iterator[Metric]:
+        holds = self.model.fleet.canary.holds
+        step = GaugeMetricFamily(
+            "drainctl_canary_step", "Canary rollouts: the step under way (1 = the first; 0: none).", labels=["pool"])
+        seen = GaugeMetricFamily(
+            "drainctl_canary_tasks_seen", "Canary rollouts: tasks of the new version ended in the current hold.",
+            labels=["pool"])
+        for name in pools:
+            hold = holds.get(name) if name in self.model.fleet.rollouts else None
+            step.add_metric([name], hold.step + 1 if hold is not None else 0)
+            seen.add_metric([name], hold.seen() if hold is not None and hold.started_at is not None else 0)
+        yield step
+        yield seen
 
     # ------------------------------------------------------------------ elastic pools
     def _scaling(self) -> Iterator[Metric]:

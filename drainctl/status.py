@@ -15,6 +15,7 @@ from drainctl.core.scaling import backlog, needed_slots
 from drainctl.core.snapshot import TaskState
 from drainctl.core.worker import Task
 from drainctl.readmodel import ReadModel, member_status, pool_pin
+from drainctl.status_canary import canary_document
 
 _TASK_STATES = tuple(state.value for state in TaskState)
 
@@ -156,6 +157,7 @@ def pools_document(model: ReadModel) -> list[dict[str, Any]]:
                 "replaced": active.replaced, "total": active.total, "requested_by": active.requested_by,
                 "age_s": round(model.now() - active.started_at, 3),
             },
+            "canary": canary_document(model, target),
             "history": [h for h in history if h["pool"] == name and h["outcome"] is not None],
         })
     return pools

@@ -26,7 +26,7 @@ async def post(url: str, body: bytes, token: str | None) -> tuple[int, dict[str,
         return response.status, json.loads(text) if text.startswith("{") else {"raw": text}
 
 
-@pytest.mark.parametrize("path", ["/drain", "/rollout", "/rollback"])
+@pytest.mark.parametrize("path", ["/drain", "/rollout", "/rollback", "/rollout/promote", "/rollout/abort"])
 async def test_mutating_calls_need_the_right_bearer_token(tmp_path: Path, path: str) -> None:
     async with api(tmp_path, TOKEN) as base:
         assert (await post(base + path, b"{}", None))[0] == 401
@@ -57,6 +57,21 @@ async def test_drain_bodies_are_limited_and_validated(tmp_path: Path, body: byte
         got, document = await post(base + "/drain", body, TOKEN)
         assert got == status, document
         assert fragment in json.dumps(document)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b'{"pool": "p"}', 409, "pool 'p' has no canary rollout under way (to undo a rollout, `drainctl rollback"),
+        (b'{"pool": ""}', 400, "pool"),
+        (b'{"pool": "p", "version": "v1"}', 400, "version"),
+    ],
+)
+async def test_canary_decisions_name_what_is_missing(tmp_path: Path, body: bytes, status: int, fragment: str) -> None:
+    async with api(tmp_path, TOKEN) as base:
+        for decision in ("promote", "abort"):
+            got, document = await post(f"{base}/rollout/{decision}", body, TOKEN)
+            assert got == status and fragment in json.dumps(document), document
 
 
 async def test_secrets_appear_in_no_status_metric_log_or_error(tmp_path: Path) -> None:

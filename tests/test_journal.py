@@ -20,6 +20,8 @@ def test_journal_round_trips_and_is_private(tmp_path: Path) -> None:
     journal.record_rollout(rollout, wall_offset=1000.0)
     journal.save_pins({"p": Pin("v1", "v2", "rollout p-1 failed")})
     journal.save_spec("p", "v1", {"name": "p", "env": {"SECRET": "x"}})
+    journal.save_canary({"p": ("v3", 1, False), "q": ("v9", 0, True)})
+    journal.save_canary({"p": ("v3", 2, True)})
     journal.close()
 
     again = Journal(path)
@@ -27,5 +29,6 @@ def test_journal_round_trips_and_is_private(tmp_path: Path) -> None:
     (row,) = again.history()
     assert (row["outcome"], row["started_at"], row["finished_at"]) == ("succeeded", 1010.0, 1020.0)
     assert again.pins() == {"p": Pin("v1", "v2", "rollout p-1 failed")}
+    assert again.canary() == {"p": ("v3", 2, True)}
     assert again.specs() == {("p", "v1"): {"name": "p", "env": {"SECRET": "x"}}}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
