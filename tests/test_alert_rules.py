@@ -137,6 +137,17 @@ def test_dashboard_has_an_autoscaling_row() -> None:
         assert needle in exprs, needle
 
 
+def test_dashboard_sets_old_and_new_versions_side_by_side() -> None:
+    board = dashboard()
+    row = next(p for p in board["panels"] if p["type"] == "row" and p["title"].startswith("Canary"))
+    below = [p for p in board["panels"] if p["type"] != "row" and p["gridPos"]["y"] == row["gridPos"]["y"] + 1]
+    exprs = "\n".join(t["expr"] for p in below for t in p["targets"])
+    for needle in ("sum by (pool, version) (rate(drainctl_pool_tasks_total", 'outcome=~"failed|rejected"',
+                   "sum by (pool, version, le) (rate(drainctl_pool_task_runtime_seconds_bucket",
+                   "drainctl_canary_step", "drainctl_canary_tasks_seen"):
+        assert needle in exprs, needle
+
+
 def test_provisioning_points_at_prometheus_and_the_dashboards() -> None:
     datasources = DATASOURCES.read_text()
     assert "url: http://127.0.0.1:9090" in datasources  # host networking: no service names

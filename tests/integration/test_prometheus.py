@@ -307,7 +307,7 @@ async def test_prometheus_sees_every_metric_the_dashboard_and_alerts_use_and_eve
                     try:
                         async with anyio.create_task_group() as steps:
                             steps.start_soon(drain_past_deadline, ctl, harness, celery_app, prom)
-                            steps.start_soon(rollouts, ctl, harness, prom)
+                            steps.start_soon(rollouts, ctl, harness, celery_app, prom)
                             steps.start_soon(collision, ctl, celery_worker, twin_name, twin_queue, prom)
                             steps.start_soon(ignores_remote_control, ctl, harness, prom)
                         await events_malformed_and_dropped(ctl, celery_app, prom)
@@ -360,8 +360,13 @@ async def drain_past_deadline(ctl: Controller, harness: Harness, app: Celery, pr
     assert drain.past_deadline
 
 
-async def rollouts(ctl: Controller, harness: Harness, prom: Prom) -> None:
+async def rollouts(ctl: Controller, harness: Harness, app: Celery, prom: Prom) -> None:
     await ctl.wait_for(lambda: pool_at(ctl, "v1"), 60)
+    # A task that succeeds and one that fails on the pool: the per-version series the Canary row reads.
+    await send(app, harness.queue, 0.1)
+    await anyio.to_thread.run_sync(lambda: app.send_task("taskapp.fail", queue=harness.queue))
+    await ctl.wait_for(lambda: {"succeeded", "failed"} <= {o for _, _, t in ctl.version_outcomes for o in t.outcomes},
+                       30)
     harness.write("v2")
     await ctl.reload("test")
     await ctl.wait_for(lambda: pool_at(ctl, "v2") and bool(ctl.fleet.history), 60)
