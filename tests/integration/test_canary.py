@@ -18,9 +18,10 @@ from celery import Celery
 from drainctl import http
 from drainctl.app import Controller
 from drainctl.core.rollout import Rollout
+from drainctl.runtime.process import ProcessRuntime
 from tests.helpers import read_records
 from tests.integration.conftest import REPO_ROOT
-from tests.integration.controllers import TOKEN
+from tests.integration.controllers import TOKEN, synced
 from tests.integration.pools import PoolHarness, pool_at, running
 
 pytestmark = pytest.mark.anyio
@@ -186,4 +187,43 @@ async def test_an_operator_sees_the_hold_and_promotes_or_aborts_it_from_the_cli(
             await runner.cleanup()
     detail = next(r for r in ctl.fleet.history if r.to_version == "v3").detail
     assert detail == "aborted, back to v2: canary analysis: aborted by cli:ops", detail
+    check_every_task_ran_once(harness.records, sent)
+
+
+async def test_a_restarted_controller_resumes_the_hold_at_its_step(
+    broker_url: str, celery_app: Celery, tmp_path: Path
+) -> None:
+    harness = PoolHarness(tmp_path, broker_url)
+    harness.write("v1", extra_pool=TWO_STEPS)
+    sent: list[str] = []
+    async with anyio.create_task_group() as tg:
+        async def load() -> None:
+            with anyio.move_on_after(150):
+                for i in range(3000):
+                    sent.append(await send_work(celery_app, harness.queue, 0.05 + (i % 4) * 0.05))
+                    await anyio.sleep(0.05)
+
+        first = Controller(harness.settings(), broker_url,
+                           runtime=ProcessRuntime(harness.state_dir, harness.controller_id), config_path=harness.path)
+        async with synced(first):
+            await first.wait_for(lambda: pool_at(first, "v1"), 90)
+            tg.start_soon(load)
+            harness.write("v2", extra_pool=TWO_STEPS)
+            await first.reload("test")
+            # The first step passed: the hold of the second (2 new workers) is under way when it stops.
+            await first.wait_for(lambda: (h := first.fleet.canary.holds.get("p")) is not None and h.step == 1, 90)
+        steps: list[int] = []
+        async with running(harness) as ctl:
+
+            def done() -> bool:
+                hold = ctl.fleet.canary.holds.get("p")
+                if hold is not None and (not steps or steps[-1] != hold.step):
+                    steps.append(hold.step)
+                return any(r.to_version == "v2" and r.outcome == "succeeded" for r in ctl.fleet.history)
+
+            await ctl.wait_for(done, 120)
+            tg.cancel_scope.cancel()
+            await ctl.wait_for(lambda: pool_at(ctl, "v2"), 60)
+            await ctl.wait_for(lambda: not any(w.tasks for w in ctl.cluster if w.hostname.startswith("p-")), 60)
+    assert steps[0] == 1 and 0 not in steps, steps  # resumed at its step, never back at the first
     check_every_task_ran_once(harness.records, sent)
