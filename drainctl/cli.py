@@ -131,10 +131,15 @@ async def _serve(settings: config.Settings, file_settings: config.Settings, url:
         from drainctl.runtime.docker import DockerRuntime
         from drainctl.runtime.docker_engine import EngineTls
 
-        d = settings.docker
-        tls = None if d.ca_file is None and d.cert_file is None else EngineTls(
-            *(str(p) if p is not None else None for p in (d.ca_file, d.cert_file, d.key_file)))
-        runtimes["docker"] = DockerRuntime(settings.controller.id, settings.docker_host(), tls)
+        def tls_of(e: Any) -> EngineTls | None:
+            files = (e.ca_file, e.cert_file, e.key_file)
+            return None if not any(files) else EngineTls(*(str(p) if p is not None else None for p in files))
+
+        for engine in settings.docker.engine:
+            runtimes[f"docker:{engine.name}"] = DockerRuntime(settings.controller.id, engine.host, tls_of(engine),
+                                                              name=f"docker:{engine.name}")
+        if not settings.docker.engine:
+            runtimes["docker"] = DockerRuntime(settings.controller.id, settings.docker_host(), tls_of(settings.docker))
     controller = Controller(settings, url, runtime=runtime, runtimes=runtimes, config_path=config_path,
                             file_settings=file_settings)
     host, port = config.parse_listen(settings.http.listen)

@@ -10,13 +10,11 @@ context > ``/var/run/docker.sock`` (the last two are aiodocker's own lookup).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import re
 import socket
 import tomllib
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drainctl.config_canary import CanarySettings
+from drainctl.config_docker import DockerSettings, check_docker_host
 from drainctl.core.drain import DEFAULT_CONSUMER_TIMEOUT_S
 from drainctl.errors import ConfigError
 
@@ -104,70 +103,12 @@ class HttpSettings(_Section):
         return value
 
 
-DOCKER_HOST_SCHEMES = ("unix", "tcp", "http", "https")
-
-
-def check_docker_host(value: str) -> None:
-    """Raise ValueError unless `value` is an engine address drainctl can use: unix:///PATH or tcp://HOST:PORT."""
-    expected = "must be unix:///absolute/path/docker.sock or tcp://HOST:PORT (http:// and https:// work too)"
-    try:
-        url = urllib.parse.urlsplit(value)
-        port = url.port
-    except ValueError:
-        raise ValueError(f"{expected}; got {value!r}") from None
-    if url.scheme not in DOCKER_HOST_SCHEMES:
-        raise ValueError(f"{expected}; got {value!r}")
-    if url.scheme == "unix":
-        if url.netloc or not url.path.startswith("/"):
-            raise ValueError(f"{expected}; a unix socket needs an absolute path after unix:// (three slashes)")
-    elif not url.hostname or (url.scheme == "tcp" and port is None):
-        raise ValueError(f"{expected}; give the host and the port the engine listens on")
-
-
-def is_loopback(hostname: str) -> bool:
-    try:
-        return ipaddress.ip_address(hostname).is_loopback
-    except ValueError:
-        return hostname == "localhost"
-
-
-class DockerSettings(_Section):
-    # Unset: DOCKER_HOST, else the docker CLI's current context, else /var/run/docker.sock. Read at start.
-    host: str | None = None
-    # A tcp:// engine that requires client certificates (dockerd --tlsverify): the CA that signed the
-    # engine's certificate, and this controller's certificate and key (docs/deployment.md).
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    @field_validator("host")
-    @classmethod
-    def _valid_host(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_docker_host(value)
-        return value
-
-    @model_validator(mode="after")
-    def _tls_where_it_is_needed(self) -> DockerSettings:
-        tls = (self.ca_file, self.cert_file, self.key_file)
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file: give both (the client certificate and its key) or neither")
-        url = urllib.parse.urlsplit(self.host or "")
-        if any(tls) and url.scheme not in ("tcp", "https"):
-            raise ValueError("ca_file, cert_file, key_file: only for an engine at tcp://HOST:PORT; set host")
-        if url.scheme in ("tcp", "http") and not any(tls) and not is_loopback(url.hostname or ""):
-            raise ValueError(
-                f"host: {self.host} is an engine's API on the network without TLS: anyone who reaches it is root "
-                "on that machine. Start dockerd with --tlsverify and give ca_file, cert_file and key_file")
-        return self
-
-
 class BlamedKey(ValueError):
     """A check across keys that blames one of them: the error names that key (and its line)."""
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, key: str | tuple[str | int, ...], message: str) -> None:
         super().__init__(message)
-        self.key = key
+        self.path = (key,) if isinstance(key, str) else key
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$")
@@ -197,6 +138,9 @@ class PoolSettings(_Section):
     version: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     surge: Annotated[int, Field(ge=1, le=100)] = 1
+    # With [[docker.engine]] tables: the engines the pool spreads over (default: all); max_per_host then
+    # applies to each engine.
+    engines: Annotated[list[str], Field(min_length=1)] | None = None
     max_per_host: Annotated[int, Field(ge=1)] | None = None
     ready_timeout_s: PositiveFloat = 120.0
     drain_deadline_s: PositiveFloat | None = None
@@ -241,12 +185,8 @@ class PoolSettings(_Section):
         if self.runtime == "docker" and not self.image:
             raise ValueError("runtime 'docker' needs an image")
         self._check_elastic()
-        if self.max_per_host is not None and self.max_per_host < self.largest + 1:
-            key = "max_replicas" if self.elastic else "replicas"
-            raise BlamedKey(key,
-                f"{key} ({self.largest}) + 1 is above max_per_host ({self.max_per_host}): a surge-first "
-                f"rollout starts a new worker before it retires an old one; lower {key} or raise max_per_host"
-            )
+        if self.engines is not None and self.runtime != "docker":
+            raise BlamedKey("engines", "engines: only for a pool with runtime = \"docker\"")
         for arg in self.command:
             for name in re.findall(r"{(\w*)}", arg):
                 if name not in PLACEHOLDERS:
@@ -319,7 +259,32 @@ class Settings(_Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"pool names must be unique; repeated: {', '.join(duplicates)}")
+        for index, pool in enumerate(self.pool):
+            self._check_engines(index, pool)
         return self
+
+    def _check_engines(self, index: int, pool: PoolSettings) -> None:
+        known = self.docker.engine_names
+        if pool.engines is not None and not known:
+            raise BlamedKey(("pool", index, "engines"), "engines: no [[docker.engine]] table defines an engine")
+        unknown = sorted(set(pool.engines or ()) - set(known))
+        if unknown:
+            raise BlamedKey(("pool", index, "engines"), f"engines: {', '.join(unknown)} not among the "
+                                                        f"[[docker.engine]] names ({', '.join(known)})")
+        spans = len(self.engines_of(pool))
+        if pool.max_per_host is not None and pool.max_per_host * max(1, spans) < pool.largest + 1:
+            key = "max_replicas" if pool.elastic else "replicas"
+            times, more = (f" x {spans} engines", ", raise max_per_host or add engines") if spans else (
+                "", " or raise max_per_host")
+            raise BlamedKey(("pool", index, key), f"{key} ({pool.largest}) + 1 is above max_per_host "
+                            f"({pool.max_per_host}){times}: a surge-first rollout starts a new worker before it "
+                            f"retires an old one; lower {key}{more}")
+
+    def engines_of(self, pool: PoolSettings) -> tuple[str, ...]:
+        """The engines a docker pool spreads over when [[docker.engine]] tables exist; () otherwise."""
+        if pool.runtime != "docker" or not self.docker.engine:
+            return ()
+        return tuple(pool.engines) if pool.engines is not None else self.docker.engine_names
 
     def pools(self) -> dict[str, PoolSettings]:
         return {p.name: p for p in self.pool}
@@ -437,7 +402,7 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "<defaults>", text: s
             loc = [part for part in error["loc"] if isinstance(part, str | int)]
             blamed = error.get("ctx", {}).get("error")
             if isinstance(blamed, BlamedKey):
-                loc.append(blamed.key)
+                loc.extend(blamed.path)
             key = ".".join(_key_text(part) for part in loc) or "(top level)"
             line = _line_of(text, loc) if text else None
             where = f"{source}:{line}" if line else source

@@ -21,7 +21,7 @@ from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.errors import DrainctlError
 from drainctl.inputs import Input, ReloadRequested, RollbackRequested, StartFailedIn, WorkerStartedIn
 from drainctl.journal import Journal
-from drainctl.pools import spec_for, target_of
+from drainctl.pools import runtime_names, spec_for, target_of
 from drainctl.runtime.base import WorkerHandle, WorkerRuntime
 
 log = structlog.get_logger("drainctl")
@@ -65,12 +65,12 @@ class PoolService:
                             version=version)
 
     def apply(self, settings: Settings) -> None:
-        self.targets = {p.name: target_of(p) for p in settings.pool}
+        self.targets = {p.name: target_of(p, engines=settings.engines_of(p)) for p in settings.pool}
         for pool in settings.pool:
             self.specs[(pool.name, pool.target_version)] = pool
             if self.journal is not None:
                 self.journal.save_spec(pool.name, pool.target_version, pool.model_dump(mode="json"))
-        missing = {p.runtime for p in settings.pool} - set(self.runtimes)
+        missing = {name for p in settings.pool for name in runtime_names(settings, p)} - set(self.runtimes)
         if missing:
             raise DrainctlError(f"pools need the {', '.join(sorted(missing))} runtime, which is not set up")
 
@@ -164,9 +164,10 @@ class PoolService:
         pool = self.specs.get((command.pool, command.version))
         if pool is None:
             return StartFailedIn(command.hostname, f"no spec known for version {command.version}")
-        runtime = self.runtimes.get(pool.runtime)
+        wanted = f"docker:{command.engine}" if command.engine is not None else pool.runtime
+        runtime = self.runtimes.get(wanted)
         if runtime is None:
-            return StartFailedIn(command.hostname, f"the {pool.runtime} runtime is not set up")
+            return StartFailedIn(command.hostname, f"the {wanted} runtime is not set up")
         try:
             handle = await runtime.start(spec_for(pool, command.version, command.hostname, quiet=command.quiet))
         except DrainctlError as exc:

@@ -6,7 +6,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from drainctl.config import PoolSettings
+from drainctl.config import PoolSettings, Settings
 from drainctl.core.drain import DrainPolicy
 from drainctl.core.quiet import standby_queue
 from drainctl.core.rollout import PoolTarget
@@ -14,12 +14,15 @@ from drainctl.core.scaling import ScalingPolicy
 from drainctl.runtime.base import WorkerSpec
 
 
-def target_of(pool: PoolSettings, host: str | None = None) -> PoolTarget:
+def target_of(pool: PoolSettings, host: str | None = None, engines: tuple[str, ...] = ()) -> PoolTarget:
     return PoolTarget(
         name=pool.name,
         queues=tuple(pool.queues),
         replicas=pool.replicas,
-        cap=pool.cap,
+        # Spread over engines, max_per_host caps each engine (`per_engine_cap`), not the pool.
+        cap=pool.largest + pool.surge if engines else pool.cap,
+        engines=engines,
+        per_engine_cap=pool.max_per_host if engines else None,
         version=pool.target_version,
         ready_timeout_s=pool.ready_timeout_s,
         drain_policy=DrainPolicy(deadline_s=pool.drain_deadline_s, on_deadline=pool.on_drain_deadline,
@@ -40,6 +43,12 @@ def scaling_of(pool: PoolSettings) -> ScalingPolicy | None:
         target_backlog_per_slot=pool.target_backlog_per_slot, scale_out_cooldown_s=pool.scale_out_cooldown_s,
         scale_in_cooldown_s=pool.scale_in_cooldown_s, hysteresis=pool.scale_in_hysteresis,
     )
+
+
+def runtime_names(settings: Settings, pool: PoolSettings) -> tuple[str, ...]:
+    """The runtimes a pool's workers run on: `docker:NAME` for each engine it spreads over, else its runtime."""
+    engines = settings.engines_of(pool)
+    return tuple(f"docker:{e}" for e in engines) if engines else (pool.runtime,)
 
 
 def start_queues(pool: PoolSettings, hostname: str, *, quiet: bool) -> tuple[str, ...]:

@@ -245,3 +245,64 @@ def test_drain_policy_of_a_pool_comes_from_its_keys(tmp_path: Path) -> None:
     assert target_of(pools["reports"], host="h").drain_policy.retire_grace_s == 15.0
     # How long drainctl waits is not what a worker is: no new version for it.
     assert pools["default"].fingerprint == config.load(write(tmp_path, POOL)).pools()["default"].fingerprint
+
+
+ENGINES = '''
+[[docker.engine]]
+name = "a"
+host = "unix:///run/a/docker.sock"
+
+[[docker.engine]]
+name = "b"
+host = "tcp://10.1.2.3:2376"
+ca_file = "/etc/drainctl/ca.pem"
+cert_file = "/etc/drainctl/cert.pem"
+key_file = "/etc/drainctl/key.pem"
+
+[[pool]]
+name = "etl"
+queues = ["etl"]
+replicas = 3
+runtime = "docker"
+image = "etl:1"
+command = ["celery", "-A", "proj", "worker"]
+max_per_host = 2
+'''
+
+
+def test_a_docker_pool_spreads_over_every_engine_unless_it_names_some(tmp_path: Path) -> None:
+    from drainctl.pools import runtime_names, target_of
+
+    settings = config.load(write(tmp_path, ENGINES))
+    pool = settings.pools()["etl"]
+    assert settings.engines_of(pool) == ("a", "b")
+    assert runtime_names(settings, pool) == ("docker:a", "docker:b")
+    target = target_of(pool, engines=settings.engines_of(pool))
+    assert (target.cap, target.per_engine_cap, target.engines) == (4, 2, ("a", "b"))
+    only_b = config.load(write(tmp_path, ENGINES.replace('max_per_host = 2', 'max_per_host = 4\nengines = ["b"]')))
+    assert only_b.engines_of(only_b.pools()["etl"]) == ("b",)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("max_per_host = 2", 'max_per_host = 2\nengines = ["a", "z"]'),
+         ":21: pool.0.engines: engines: z not among the [[docker.engine]] names (a, b)"),
+        (("max_per_host = 2", "max_per_host = 1"),
+         ":16: pool.0.replicas: replicas (3) + 1 is above max_per_host (1) x 2 engines"),
+        (('name = "b"', 'name = "a"'), "engine names must be unique; repeated: a"),
+        (('ca_file = "/etc/drainctl/ca.pem"\ncert_file = "/etc/drainctl/cert.pem"\nkey_file = "/etc/drainctl/key.pem"\n', ""),
+         "is an engine's API on the network without TLS"),
+        (('runtime = "docker"\nimage = "etl:1"', 'engines = ["a"]'), 'engines: only for a pool with runtime = "docker"'),
+    ],
+)
+def test_engine_errors_name_the_key(tmp_path: Path, edit: tuple[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, ENGINES.replace(*edit)))
+    assert expected in str(info.value)
+
+
+def test_engines_without_engine_tables_are_refused(tmp_path: Path) -> None:
+    text = POOL.replace('replicas = 1', 'replicas = 1\nruntime = "docker"\nimage = "x"\nengines = ["a"]')
+    with pytest.raises(ConfigError, match=r"pool\.1\.engines: engines: no \[\[docker\.engine\]\] table"):
+        config.load(write(tmp_path, text))

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from drainctl import config
+from drainctl.config_canary import CanarySettings
+from drainctl.config_docker import DockerSettings, EngineSettings
 from drainctl.errors import ConfigError
 
 # CI runs 4k generated files here (10k across the fuzz tests); `DRAINCTL_FUZZ_SCALE=10` for the long run.
@@ -136,13 +138,17 @@ def _file_keys(model: BaseModel, path: tuple[str, ...] = ()) -> set[tuple[str, .
 
 
 def test_the_fuzzers_know_every_key_of_the_config_file() -> None:
-    pool = config.PoolSettings(name="p", queues=["q"], replicas=1, command=["celery"])
-    every_key = _file_keys(config.Settings(pool=[pool])) - {(key,) for key in NOT_FILE_KEYS}
+    # With every optional table filled in, so that the walk reaches their keys too.
+    pool = config.PoolSettings(name="p", queues=["q"], replicas=1, command=["celery"],
+                               canary=CanarySettings(steps=[1]))
+    docker = DockerSettings(engine=[EngineSettings(name="a", host="unix:///run/a.sock")])
+    every_key = _file_keys(config.Settings(pool=[pool], docker=docker)) - {(key,) for key in NOT_FILE_KEYS}
     fuzzed = {(*table.path, key) for table in TABLES for key in table.keys}
     assert fuzzed == every_key
     assert {("pool", "quiet_start"), ("broker", "consumer_timeout_s"), ("controller", "id")} <= fuzzed
-    assert [t.path for t in SECTIONS] == [("controller",), ("broker",), ("events",), ("http",), ("docker",)]
-    assert [t.path for t in ARRAYS] == [("pool",)] and TOP_LEVEL.keys == []
+    assert [t.path for t in SECTIONS] == [("controller",), ("broker",), ("events",), ("http",), ("docker",),
+                                          ("pool", "canary")]
+    assert [t.path for t in ARRAYS] == [("docker", "engine"), ("pool",)] and TOP_LEVEL.keys == []
 
 
 def _load_bytes(raw: bytes) -> None:

@@ -84,6 +84,8 @@ class StartWorker:
     version: str
     hostname: str
     quiet: bool = True
+    # A pool spread over several Docker engines: the one to start it on.
+    engine: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,9 @@ class PoolTarget:
     surge: int = 1
     # Set: a rollout replaces the pool in these steps, each held until the new version proves itself.
     canary: CanaryPolicy | None = None
+    # Set: the pool spans these Docker engines, with at most `per_engine_cap` workers on each (None: no cap).
+    engines: tuple[str, ...] = ()
+    per_engine_cap: int | None = None
 
 
 @dataclass(slots=True)

@@ -51,6 +51,7 @@ from drainctl.core.members import (
 )
 from drainctl.core.model import Cluster
 from drainctl.core.notices import Notice
+from drainctl.core.placement import place
 from drainctl.core.refusals import not_answering_reason
 from drainctl.core.scaling import scale_in_order
 
@@ -325,10 +326,13 @@ class Fleet:
         if missing <= 0 or room <= 0 or step.now < self.next_start_at.get(pool.name, 0.0):
             return
         for _ in range(min(missing, room)):
-            hostname = self._hostname(pool, step.target)
+            engine = place(pool.engines, pool.per_engine_cap, self.of_pool(pool.name)) if pool.engines else None
+            if pool.engines and engine is None:
+                return  # every engine at its cap
+            hostname = self._hostname(pool, step.target, engine)
             self.members[hostname] = Member(hostname, pool.name, step.target, started_at=step.now,
                                             quiet=pool.quiet_start)
-            step.commands.append(StartWorker(pool.name, step.target, hostname, quiet=pool.quiet_start))
+            step.commands.append(StartWorker(pool.name, step.target, hostname, quiet=pool.quiet_start, engine=engine))
             step.notices.append(Notice("worker-starting", hostname, f"{pool.name} {step.target}"))
 
     def _retire_old(self, step: _Pass) -> None:
@@ -466,8 +470,8 @@ class Fleet:
         commands.append(JournalRollout(rollout.id))
         notices.append(Notice(f"rollout-{outcome}", rollout.pool, f"{rollout.id}: {detail}"))
 
-    def _hostname(self, pool: PoolTarget, version: str) -> str:
-        return f"{pool.name}-{version}-{self.new_id()}@{pool.host}"
+    def _hostname(self, pool: PoolTarget, version: str, engine: str | None) -> str:
+        return f"{pool.name}-{version}-{self.new_id()}@{engine or pool.host}"
 
 
 def _not_answering(cluster: Cluster, hostname: str) -> bool:

@@ -104,9 +104,10 @@ def _handle_from_labels(runtime: str, container_id: str, labels: dict[str, Any],
 class DockerRuntime:
     """Workers as Docker containers. See the module docstring. Call `aclose()` when done."""
 
-    name = "docker"
-
-    def __init__(self, controller_id: str, docker_url: str | None = None, tls: EngineTls | None = None) -> None:
+    def __init__(self, controller_id: str, docker_url: str | None = None, tls: EngineTls | None = None, *,
+                 name: str = "docker") -> None:
+        # "docker", or "docker:ENGINE" for one of several engines: the runtime its handles name.
+        self.name = name
         self.controller_id = controller_id
         self.docker_url = docker_url
         self.tls = tls

@@ -1,0 +1,50 @@
+"""A pool spread over several Docker engines: each new worker goes where the pool has fewest, within the
+per-engine cap, and its hostname names its engine."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from drainctl.core.commands import StartWorker
+from drainctl.core.members import Member
+from drainctl.core.placement import engine_of, place
+from tests.core.world import World
+
+ENGINES = ("a", "b", "c")
+
+
+def members(*hosts: str) -> list[Member]:
+    return [Member(f"p-v1-{i}@{host}", "p", "v1", started_at=0.0) for i, host in enumerate(hosts)]
+
+
+def test_the_engine_with_fewest_of_the_pools_workers_is_chosen_first_in_order_among_equals() -> None:
+    assert place(ENGINES, None, []) == "a"
+    assert place(ENGINES, None, members("a", "a", "b")) == "c"
+    assert place(ENGINES, None, members("a", "b", "c")) == "a"
+    assert place(ENGINES, 2, members("a", "a", "b", "b", "c")) == "c"
+    assert place(ENGINES, 2, members("a", "a", "b", "b", "c", "c")) is None  # every engine at its cap
+    assert place(ENGINES, None, members("a"), closed={"b"}) == "c"
+    assert place(ENGINES, None, [], closed=set(ENGINES)) is None
+    assert engine_of("p-v1-0001@b") == "b"
+
+
+def test_a_pool_spreads_over_its_engines_within_their_caps_and_rolls_out_so() -> None:
+    world = World(replicas=5)
+    world.pool = replace(world.pool, engines=ENGINES, per_engine_cap=2, cap=6)
+    world.run(lambda: world.settled("v1"))
+    hosts = sorted(engine_of(m.hostname) for m in world.fleet.of_pool("p"))
+    assert hosts == ["a", "a", "b", "b", "c"]
+    starts = [c for c in world.log if isinstance(c, StartWorker)]
+    assert [c.engine for c in starts] == ["a", "b", "c", "a", "b"]
+    assert all(c.hostname.endswith(f"@{c.engine}") for c in starts)
+    world.pool = replace(world.pool, version="v2")
+    peak: dict[str, int] = {}
+
+    def settled() -> bool:
+        for engine in ENGINES:
+            alive = sum(1 for m in world.fleet.of_pool("p") if engine_of(m.hostname) == engine)
+            peak[engine] = max(peak.get(engine, 0), alive)
+        return world.settled("v2")
+
+    world.run(settled)
+    assert max(peak.values()) <= 2 and world.min_consumers is not None and world.min_consumers >= 1
