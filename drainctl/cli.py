@@ -127,19 +127,10 @@ async def _serve(settings: config.Settings, file_settings: config.Settings, url:
     log = structlog.get_logger("drainctl")
     runtime = ProcessRuntime(settings.controller.state_dir, settings.controller.id)
     runtimes: dict[str, Any] = {}
-    if any(p.runtime == "docker" for p in settings.pool):
-        from drainctl.runtime.docker import DockerRuntime
-        from drainctl.runtime.docker_engine import EngineTls
+    if settings.docker.engine or any(p.runtime == "docker" for p in settings.pool):
+        from drainctl.runtime.engines import docker_runtimes  # aiodocker only where Docker is used
 
-        def tls_of(e: Any) -> EngineTls | None:
-            files = (e.ca_file, e.cert_file, e.key_file)
-            return None if not any(files) else EngineTls(*(str(p) if p is not None else None for p in files))
-
-        for engine in settings.docker.engine:
-            runtimes[f"docker:{engine.name}"] = DockerRuntime(settings.controller.id, engine.host, tls_of(engine),
-                                                              name=f"docker:{engine.name}")
-        if not settings.docker.engine:
-            runtimes["docker"] = DockerRuntime(settings.controller.id, settings.docker_host(), tls_of(settings.docker))
+        runtimes.update(docker_runtimes(settings))
     controller = Controller(settings, url, runtime=runtime, runtimes=runtimes, config_path=config_path,
                             file_settings=file_settings)
     host, port = config.parse_listen(settings.http.listen)

@@ -42,7 +42,7 @@ def is_loopback(hostname: str) -> bool:
         return hostname == "localhost"
 
 
-class _Engine(_Section):
+class EngineAddress(_Section):
     """An engine's address and, for tcp:// off loopback, the TLS files that make reaching it safe."""
 
     # Unset ([docker] only): DOCKER_HOST, else the docker CLI's current context, else /var/run/docker.sock.
@@ -61,7 +61,7 @@ class _Engine(_Section):
         return value
 
     @model_validator(mode="after")
-    def _tls_where_it_is_needed(self) -> _Engine:
+    def _tls_where_it_is_needed(self) -> EngineAddress:
         tls = (self.ca_file, self.cert_file, self.key_file)
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file: give both (the client certificate and its key) or neither")
@@ -75,7 +75,7 @@ class _Engine(_Section):
         return self
 
 
-class EngineSettings(_Engine):
+class EngineSettings(EngineAddress):
     """One of several engines (`[[docker.engine]]`): a pool spreads its workers over those it names."""
 
     # Part of every worker's Celery hostname there (`pool-version-id@NAME`).
@@ -83,7 +83,7 @@ class EngineSettings(_Engine):
     host: str  # required here
 
 
-class DockerSettings(_Engine):
+class DockerSettings(EngineAddress):
     engine: list[EngineSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
