@@ -1,0 +1,159 @@
+"""A pool spread over three real Docker engines, each its own dockerd (own data-root and exec-root) listening
+with TLS on its own loopback address; workers with host networking. The pool spreads where it has fewest,
+never above max_per_host on any engine, and rolls out under load with 0 lost, 0 duplicated, 0 interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from celery import Celery
+
+from drainctl.app import Controller
+from drainctl.core.placement import engine_of
+from drainctl.runtime.base import LABEL_CONTROLLER
+from drainctl.runtime.engines import docker_runtimes
+from tests.helpers import read_records
+from tests.integration.controllers import synced
+from tests.integration.docker_support import IMAGE, host_binds
+from tests.integration.pools import ConsumerLog, PoolHarness, pool_at, toml_list
+from tests.integration.private_dockerd import PrivateDockerd, PrivateDockerdError
+from tests.integration.tasks import send
+from tests.integration.tls_certs import TlsMaterial, make_tls_material
+
+pytestmark = pytest.mark.anyio
+
+ADDRESSES = {"a": "127.0.0.2", "b": "127.0.0.3", "c": "127.0.0.4"}
+REPLICAS = 4
+PER_ENGINE = 2
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[PrivateDockerd, str, TlsMaterial]]]:
+    """name -> (its dockerd, its tcp:// address, its TLS files)."""
+    def unavailable(reason: str) -> None:
+        message = f"no Docker engines can be started: {reason}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+    if shutil.which("dockerd") is None or shutil.which("openssl") is None:
+        unavailable("`dockerd` and `openssl` are needed; run `bash scripts/dockerd.sh` as root")
+    if os.geteuid() != 0:
+        unavailable("dockerd needs root")
+    started: dict[str, tuple[PrivateDockerd, str, TlsMaterial]] = {}
+    try:
+        for name, address in ADDRESSES.items():
+            tls = make_tls_material(tmp_path_factory.mktemp(f"tls-{name}"), address)
+            port = free_port(address)
+            engine = PrivateDockerd(tmp_path_factory.mktemp(f"dockerd-{name}"), extra_args=(
+                f"--host=tcp://{address}:{port}", "--tlsverify", f"--tlscacert={tls.ca}",
+                f"--tlscert={tls.server_cert}", f"--tlskey={tls.server_key}"))
+            try:
+                engine.__enter__()
+            except PrivateDockerdError as exc:
+                unavailable(f"a private dockerd did not start: {exc}")
+                raise
+            started[name] = (engine, f"tcp://{address}:{port}", tls)
+        yield started
+    finally:
+        for engine, _, _ in started.values():
+            engine.close()
+
+
+def write_pool(harness: PoolHarness, version: str, engines: dict[str, tuple[PrivateDockerd, str, TlsMaterial]]) -> None:
+    binds = [*host_binds(), f"{harness.records}:{harness.records}:rw"]
+    harness.write(version)
+    text = harness.path.read_text().replace("replicas = 3", f"replicas = {REPLICAS}\nmax_per_host = {PER_ENGINE}")
+    text += f'runtime = "docker"\nimage = "{IMAGE}"\nbinds = {toml_list(binds)}\n'
+    for name, (_, url, tls) in engines.items():
+        text += (f'\n[[docker.engine]]\nname = "{name}"\nhost = "{url}"\nca_file = "{tls.ca}"\n'
+                 f'cert_file = "{tls.client_cert}"\nkey_file = "{tls.client_key}"\n')
+    harness.path.write_text(text)
+
+
+def running_per_engine(engines: dict[str, tuple[PrivateDockerd, str, TlsMaterial]], controller_id: str
+                       ) -> dict[str, int]:
+    """Each engine's own count of this controller's running containers."""
+    counts = {}
+    for name, (engine, _, _) in engines.items():
+        out = engine.docker("ps", "-q", "--filter", f"label={LABEL_CONTROLLER}={controller_id}").stdout
+        counts[name] = len(out.split())
+    return counts
+
+
+async def test_a_pool_spread_over_three_engines_rolls_out_under_load_within_each_engines_cap(
+    engines: dict[str, tuple[PrivateDockerd, str, TlsMaterial]], broker_url: str, rabbit_vhost: str,
+    celery_app: Celery, tmp_path: Path,
+) -> None:
+    harness = PoolHarness(tmp_path, broker_url)
+    write_pool(harness, "v1", engines)
+    settings = harness.settings()
+    runtimes = docker_runtimes(settings)
+    assert sorted(runtimes) == ["docker:a", "docker:b", "docker:c"]
+    ctl = Controller(settings, broker_url, runtimes=dict(runtimes), config_path=harness.path)
+    peak: Counter[str] = Counter()
+
+    def within_caps() -> None:
+        alive = Counter(engine_of(m.hostname) for m in ctl.fleet.of_pool("p"))
+        for name, count in alive.items():
+            peak[name] = max(peak[name], count)
+
+    sent: list[str] = []
+    try:
+        async with synced(ctl, 60):
+            await ctl.wait_for(lambda: (within_caps(), pool_at(ctl, "v1", REPLICAS))[1], 120)
+            spread = Counter(engine_of(m.hostname) for m in ctl.fleet.of_pool("p"))
+            assert sorted(spread.values()) == [1, 1, 2] and set(spread) == set(ADDRESSES), spread
+            assert running_per_engine(engines, harness.controller_id) == dict(spread)
+            log = ConsumerLog(urllib.parse.unquote(rabbit_vhost), harness.queue)
+            async with anyio.create_task_group() as tg:
+                await tg.start(log.run)
+
+                async def load() -> None:
+                    with anyio.move_on_after(150):
+                        for i in range(600):
+                            sent.append(await send(celery_app, harness.queue, 0.2 + (i % 5) * 0.3))
+                            await anyio.sleep(0.1)
+
+                tg.start_soon(load)
+                write_pool(harness, "v2", engines)
+                await ctl.reload("test")
+                await ctl.wait_for(lambda: (within_caps(), pool_at(ctl, "v2", REPLICAS)
+                                            and bool(ctl.fleet.history))[1], 180)
+                tg.cancel_scope.cancel()
+            await ctl.wait_for(lambda: not any(w.tasks for w in ctl.cluster if w.hostname.startswith("p-")), 60)
+            assert ctl.fleet.history[-1].outcome == "succeeded"
+            assert log.minimum(initial=REPLICAS) >= 1, log.events
+            assert max(peak.values()) <= PER_ENGINE, peak
+            final = Counter(engine_of(m.hostname) for m in ctl.fleet.of_pool("p"))
+            assert sorted(final.values()) == [1, 1, 2], final
+    finally:
+        for engine, _, _ in engines.values():
+            ids = engine.docker("ps", "-aq", "--filter", f"label={LABEL_CONTROLLER}={harness.controller_id}").stdout
+            if ids.split():
+                engine.docker("rm", "-f", *ids.split(), check=False)
+        for runtime in runtimes.values():
+            await runtime.aclose()
+    records = read_records(harness.records)
+    starts = Counter(r["uuid"] for r in records if r["event"] == "start")
+    ends = {r["uuid"] for r in records if r["event"] == "end"}
+    assert len(sent) > 20
+    assert [u for u in sent if starts[u] != 1] == [], "lost or duplicated"
+    assert [u for u in sent if u not in ends] == [], "interrupted"
+    hosts = {r["hostname"] for r in records}
+    assert {h.rpartition("@")[2] for h in hosts} <= set(ADDRESSES), json.dumps(sorted(hosts))
