@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, NoReturn
 
+import click
+
+from drainctl import config
 from drainctl.errors import ApiError
 
 
@@ -43,3 +48,32 @@ def request_json(url: str, *, body: dict[str, Any] | None = None, token: str | N
 
 def get_json(url: str, timeout: float = 10.0) -> Any:
     return request_json(url, timeout=timeout)
+
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
+EXIT_GAVE_UP = 4
+# HTTP statuses of the API that mean the request itself was wrong (body, token, path).
+BAD_INPUT_STATUSES = frozenset({400, 401, 403, 404})
+
+
+def die(message: object, code: int) -> NoReturn:
+    click.echo(f"drainctl: {message}", err=True)
+    sys.exit(code)
+
+
+def token() -> str | None:
+    """The bearer token of the API's POST endpoints (the controller reads the same variable first)."""
+    return os.environ.get(config.API_TOKEN_ENV) or None
+
+
+def requested_by() -> str:
+    return f"cli:{os.environ.get('USER', 'unknown')}"[:100]
+
+
+def fail(exc: ApiError) -> NoReturn:
+    """End the command on an API error: 3 refused (409), 2 bad input (`BAD_INPUT_STATUSES`), 1 otherwise."""
+    status = exc.status if isinstance(exc, HttpError) else None
+    die(exc, EXIT_REFUSED if status == 409 else EXIT_BAD_INPUT if status in BAD_INPUT_STATUSES else EXIT_FAILED)

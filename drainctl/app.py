@@ -34,6 +34,7 @@ from drainctl.inputs import (
     Answer,
     CanaryDecisionRequested,
     DrainRequested,
+    EngineRequested,
     EventsIn,
     Input,
     Pending,
@@ -248,6 +249,13 @@ class Controller:
         """Promote the pool's canary rollout (every remaining step at once) or abort it."""
         answer = Answer()
         await self._send.send(CanaryDecisionRequested(pool, decision, requested_by, answer))
+        return await _answered(answer)
+
+    async def engine_request(self, engine: str, action: Literal["cordon", "uncordon", "evacuate"],
+                             requested_by: str) -> dict[str, Any]:
+        """Cordon, uncordon or evacuate a Docker engine."""
+        answer = Answer()
+        await self._send.send(EngineRequested(engine, action, requested_by, answer))
         return await _answered(answer)
 
     async def start_worker(self, spec: WorkerSpec) -> WorkerHandle:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import sys
 import time
@@ -25,16 +24,27 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import click
 import structlog
 
 from drainctl import __version__, config, gc_tuning, logs
-from drainctl.api_client import HttpError
+from drainctl.api_client import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_GAVE_UP,
+    EXIT_OK,
+    HttpError,
+)
+from drainctl.api_client import die as _die
+from drainctl.api_client import fail as _fail
 from drainctl.api_client import get_json as _get_json
 from drainctl.api_client import request_json as _request
+from drainctl.api_client import requested_by as _requested_by
+from drainctl.api_client import token as _token
+from drainctl.cli_engines import cordon, evacuate, uncordon
 from drainctl.cli_entrypoint import entrypoint, entrypoint_ready
 from drainctl.cli_status import status_lines
 from drainctl.errors import ApiError, ConfigError, DrainctlError
@@ -42,19 +52,7 @@ from drainctl.redact import redact_text
 
 DEFAULT_URL = "http://127.0.0.1:9540"
 
-# Exit codes: the module docstring says when each is used.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_REFUSED = 3
-EXIT_GAVE_UP = 4
-# HTTP statuses of the API that mean the request itself was wrong (body, token, path).
-BAD_INPUT_STATUSES = frozenset({400, 401, 403, 404})
-
-
-def _die(message: object, code: int) -> NoReturn:
-    click.echo(f"drainctl: {message}", err=True)
-    sys.exit(code)
+# Exit codes (EXIT_*, in api_client): the module docstring says when each is used.
 
 
 @click.group()
@@ -308,21 +306,6 @@ def _wait_for_end(base: str, document: dict[str, Any], as_json: bool, give_up_at
     return document
 
 
-def _token() -> str | None:
-    """The bearer token of the API's POST endpoints (the controller reads the same variable first)."""
-    return os.environ.get(config.API_TOKEN_ENV) or None
-
-
-def _requested_by() -> str:
-    return f"cli:{os.environ.get('USER', 'unknown')}"[:100]
-
-
-def _fail(exc: ApiError) -> NoReturn:
-    """End the command on an API error: 3 refused (409), 2 bad input (`BAD_INPUT_STATUSES`), 1 otherwise."""
-    status = exc.status if isinstance(exc, HttpError) else None
-    _die(exc, EXIT_REFUSED if status == 409 else EXIT_BAD_INPUT if status in BAD_INPUT_STATUSES else EXIT_FAILED)
-
-
 @main.group(invoke_without_command=True)
 @click.option("--url", default=DEFAULT_URL, show_default=True, help="The controller's API.")
 @click.pass_context
@@ -467,4 +450,7 @@ def rollback(pool: str, version: str | None, url: str) -> None:
 # `entrypoint` and its readiness probe `entrypoint-ready` (the probe is usually answered before this
 # module is even imported: drainctl.launcher).
 main.add_command(entrypoint)
+main.add_command(cordon)
+main.add_command(uncordon)
+main.add_command(evacuate)
 main.add_command(entrypoint_ready)

@@ -26,6 +26,7 @@ from drainctl.core.commands import (
     EscalateWorker,
     JournalCanary,
     JournalCancel,
+    JournalEngines,
     JournalRollout,
     QueryQueues,
     QueryRegistered,
@@ -94,6 +95,9 @@ class CommandExecutor:
             case JournalCanary():
                 if journal is not None:
                     journal.save_canary(self.fleet.canary.journal_rows())
+            case JournalEngines():
+                if journal is not None:
+                    journal.save_engines(self.fleet.engines.states)
             case StartWorker():
                 tg.start_soon(self._start_worker, command)
             case StopWorker() | EscalateWorker():

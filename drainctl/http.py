@@ -58,6 +58,14 @@ class PoolBody(BaseModel):
     requested_by: Annotated[str, Field(max_length=100)] = "api"
 
 
+class EngineBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: Annotated[str, Field(min_length=1, max_length=64)]
+    action: Literal["cordon", "uncordon", "evacuate"]
+    requested_by: Annotated[str, Field(max_length=100)] = "api"
+
+
 class RollbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -152,6 +160,16 @@ class _Handlers:
             return _error(409, str(exc))
         return _json(detail, 202)
 
+    async def post_engine(self, request: web.Request) -> web.Response:
+        body = await _body(request, EngineBody)
+        if not isinstance(body, EngineBody):
+            return body
+        try:
+            detail = await self.controller.engine_request(body.engine, body.action, body.requested_by)
+        except DrainctlError as exc:
+            return _error(409, str(exc))
+        return _json(detail, 202)
+
     async def get_drain(self, request: web.Request) -> web.Response:
         hostname = request.match_info["hostname"]
         try:
@@ -194,6 +212,7 @@ def build_app(controller: ControllerApi, token: str | None) -> web.Application:
     app.router.add_post("/rollback", h.guarded(h.post_rollback))
     app.router.add_post("/rollout/promote", h.guarded(h.post_canary))
     app.router.add_post("/rollout/abort", h.guarded(h.post_canary))
+    app.router.add_post("/engine", h.guarded(h.post_engine))
     return app
 
 

@@ -167,6 +167,16 @@ class CanaryDecisionRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineRequested:
+    """An operator cordons, uncordons or evacuates a Docker engine."""
+
+    engine: str
+    action: Literal["cordon", "uncordon", "evacuate"]
+    requested_by: str
+    answer: Answer
+
+
+@dataclass(frozen=True, slots=True)
 class QueueDepthsIn:
     """The elastic pools' queues as RabbitMQ reported them (a passive queue.declare each), by queue name;
     a queue it could not report is missing."""
@@ -178,5 +188,5 @@ Input = (
     EventsIn | DroppedIn | BrokerUp | BrokerDown | SnapshotsIn | EventsEnabledIn | CommandFailed | Tick
     | CancelRepliedIn | QueuesRepliedIn | WorkerExitedIn | WorkerStartedIn | DrainRequested
     | RegisteredIn | StartFailedIn | ReloadRequested | RollbackRequested | LeaseDeniedIn | QueueDepthsIn
-    | CanaryDecisionRequested
+    | CanaryDecisionRequested | EngineRequested
 )

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS pins (pool TEXT PRIMARY KEY, version TEXT NOT NULL, c
                                  reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS canary (pool TEXT PRIMARY KEY, to_version TEXT NOT NULL, step INTEGER NOT NULL,
                                    promoted INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS engines (name TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS specs (pool TEXT NOT NULL, version TEXT NOT NULL, spec TEXT NOT NULL,
                                   PRIMARY KEY (pool, version));
 """
@@ -102,6 +103,14 @@ class Journal:
     def canary(self) -> dict[str, tuple[str, int, bool]]:
         rows = self._db.execute("SELECT pool, to_version, step, promoted FROM canary").fetchall()
         return {pool: (version, step, bool(promoted)) for pool, version, step, promoted in rows}
+
+    # engines: cordoned, or being evacuated
+    def save_engines(self, states: Mapping[str, str]) -> None:
+        self._db.execute("DELETE FROM engines")
+        self._db.executemany("INSERT INTO engines VALUES (?, ?)", sorted(states.items()))
+
+    def engines(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT name, state FROM engines").fetchall())
 
     # specs
     def save_spec(self, pool: str, version: str, spec: dict[str, Any]) -> None:

@@ -303,6 +303,22 @@ class ModelCollector(Collector):
         yield in_progress
         yield pinned
         yield from self._canary(pools)
+        yield from self._engines()
+
+    def _engines(self) -> Iterator[Metric]:
+        fleet = self.model.fleet
+        known = sorted({e for t in self.model.pool_targets.values() for e in t.engines} | set(fleet.engines.states))
+        workers = GaugeMetricFamily("drainctl_engine_workers", "Pool workers on each Docker engine.",
+                                    labels=["engine"])
+        state = GaugeMetricFamily(
+            "drainctl_engine_cordoned",
+            "1 while a Docker engine takes no new worker, by state (cordoned, evacuating).", labels=["engine", "state"])
+        for name in known:
+            workers.add_metric([name], len(fleet.engines.workers_on(name, fleet.members.values())))
+            for kind in ("cordoned", "evacuating"):
+                state.add_metric([name, kind], int(fleet.engines.states.get(name) == kind))
+        yield workers
+        yield state
 
     def _canary(self, pools: list[str]) -> Iterator[Metric]:
         holds = self.model.fleet.canary.holds

@@ -57,6 +57,9 @@ class PoolService:
         self.fleet.cancelled.update(self.journal.cancelled())
         self.fleet.pins.update(self.journal.pins())
         self.fleet.canary.resumed.update(self.journal.canary())
+        for engine, state in self.journal.engines().items():
+            if state in ("cordoned", "evacuating"):
+                self.fleet.engines.states[engine] = state  # type: ignore[assignment]
         for (pool, version), spec in self.journal.specs().items():
             try:
                 self.specs[(pool, version)] = PoolSettings.model_validate(spec)

@@ -93,6 +93,9 @@ class ControllerApi(ReadModel, Protocol):
     async def canary_decision(self, pool: str, decision: Literal["promote", "abort"], requested_by: str
                               ) -> dict[str, Any]: ...
 
+    async def engine_request(self, engine: str, action: Literal["cordon", "uncordon", "evacuate"],
+                             requested_by: str) -> dict[str, Any]: ...
+
     async def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> None: ...
 
 

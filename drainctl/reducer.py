@@ -14,7 +14,7 @@ import anyio
 import structlog
 
 from drainctl.core.autoscale import Autoscaler
-from drainctl.core.commands import Command, Reconcile
+from drainctl.core.commands import Command, JournalEngines, Reconcile
 from drainctl.core.drain import CONFIRM_REASON, DrainBook, DrainRefused
 from drainctl.core.events import Decoded, TaskEvent
 from drainctl.core.model import Cluster, Notice
@@ -28,6 +28,7 @@ from drainctl.inputs import (
     CommandFailed,
     DrainRequested,
     DroppedIn,
+    EngineRequested,
     EventsEnabledIn,
     EventsIn,
     Input,
@@ -162,6 +163,8 @@ class Reducer:
                 self._exited(item, now)
             case CanaryDecisionRequested():
                 self._canary_decision(item)
+            case EngineRequested():
+                self._engine_request(item)
             case QueueDepthsIn():
                 if self.synced.is_set():
                     self._add(notices=self.autoscaler.observe(
@@ -224,6 +227,20 @@ class Reducer:
         else:
             log.info(f"canary {item.decision}d", pool=item.pool, requested_by=item.requested_by)
             item.answer.detail = {"pool": item.pool, "decision": item.decision}
+        item.answer.done.set()
+
+    def _engine_request(self, item: EngineRequested) -> None:
+        known = {e for t in self.pools.targets.values() for e in t.engines}
+        error = self.fleet.engines.request(item.engine, item.action, known)
+        if error is not None:
+            item.answer.error = error
+        else:
+            self._add([JournalEngines()])
+            on = self.fleet.engines.workers_on(item.engine, self.fleet.members.values())
+            log.info(f"engine {item.action} requested", engine=item.engine, workers=len(on),
+                     requested_by=item.requested_by)
+            item.answer.detail = {"engine": item.engine, "state": self.fleet.engines.states.get(item.engine),
+                                  "workers": on}
         item.answer.done.set()
 
     def _exited(self, item: WorkerExitedIn, now: float) -> None:

@@ -163,6 +163,14 @@ def pools_document(model: ReadModel) -> list[dict[str, Any]]:
     return pools
 
 
+def engines_document(model: ReadModel) -> list[dict[str, Any]]:
+    """Every Docker engine a pool spreads over: cordoned or evacuating, and the workers still there."""
+    fleet = model.fleet
+    known = sorted({e for t in model.pool_targets.values() for e in t.engines} | set(fleet.engines.states))
+    return [{"name": name, "state": fleet.engines.states.get(name, "schedulable"),
+             "workers": fleet.engines.workers_on(name, fleet.members.values())} for name in known]
+
+
 def build_status(model: ReadModel) -> dict[str, Any]:
     """The `/status` document. Integers for counts; no secrets (the broker URL is redacted)."""
     now = model.now()
@@ -197,6 +205,7 @@ def build_status(model: ReadModel) -> dict[str, Any]:
     stats = model.stats
     return {
         "pools": pools_document(model),
+        "engines": engines_document(model),
         "drains": [drain_document(model, d) for d in model.drains]
         + [drain_document(model, d) for d in reversed(model.drains.finished)],
         "controller": {

@@ -140,8 +140,13 @@ class JournalCanary:
     """Record the canary rollouts' steps and promotions (a restarted controller resumes each hold there)."""
 
 
+@dataclass(frozen=True, slots=True)
+class JournalEngines:
+    """Record which engines are cordoned or being evacuated."""
+
+
 PoolCommand = (
     StartWorker | SwitchToPool | CancelStandby | DeleteStandby | QueryRegistered | JournalCancel | JournalRollout
-    | JournalCanary
+    | JournalCanary | JournalEngines
 )
 Command = Reconcile | EnableEvents | DrainCommand | PoolCommand

@@ -39,6 +39,7 @@ from drainctl.core.commands import (
     StartWorker,
 )
 from drainctl.core.drain import DrainBook, DrainRefused, Phase
+from drainctl.core.engines import EngineBook
 from drainctl.core.gate import readiness
 from drainctl.core.members import (
     Member,
@@ -51,7 +52,7 @@ from drainctl.core.members import (
 )
 from drainctl.core.model import Cluster
 from drainctl.core.notices import Notice
-from drainctl.core.placement import place
+from drainctl.core.placement import engine_of, place
 from drainctl.core.refusals import not_answering_reason
 from drainctl.core.scaling import scale_in_order
 
@@ -111,6 +112,8 @@ class _Pass:
     notices: list[Notice]
     # Workers of the target version the pool may have now: fewer than replicas during a canary's steps.
     allowed: int = 0
+    # Target-version members on an engine being evacuated: replaced and drained like old ones.
+    replacing: set[str] = field(default_factory=set)
     # The workers being drained when the drains of this pass began (reverted ones excluded).
     draining: set[str] = field(default_factory=set)
     # Members this pass would drain but cannot, and why.
@@ -133,6 +136,7 @@ class Fleet:
         self.blocked: dict[str, str] = {}
         self.rollout_outcomes: Counter[str] = Counter()
         self.canary = CanaryBook()
+        self.engines = EngineBook()
 
     # ------------------------------------------------------------------ queries
     def target(self, pool: PoolTarget) -> str:
@@ -228,10 +232,12 @@ class Fleet:
         # After an abort the target is the old version again: the phases below then treat the new
         # version as old (a reverse surge).
         target = self.target(pool)
-        new = [m for m in members if m.version == target and m.failed is None]
+        leaving = self.engines.leaving() if pool.engines else frozenset()
+        replacing = {m.hostname for m in members if engine_of(m.hostname) in leaving}
+        new = [m for m in members if m.version == target and m.failed is None and m.hostname not in replacing]
         step = _Pass(pool, cluster, drains, now, members, target, rollout, new,
                      ready_new=[m for m in new if m.ready_at is not None], commands=commands, notices=notices,
-                     allowed=allowed)
+                     allowed=allowed, replacing=replacing)
         self._revert_drains(step)
         self._surge(step)
         step.draining = set(drains.active)
@@ -326,7 +332,8 @@ class Fleet:
         if missing <= 0 or room <= 0 or step.now < self.next_start_at.get(pool.name, 0.0):
             return
         for _ in range(min(missing, room)):
-            engine = place(pool.engines, pool.per_engine_cap, self.of_pool(pool.name)) if pool.engines else None
+            engine = place(pool.engines, pool.per_engine_cap, self.of_pool(pool.name), self.engines.closed()
+                           ) if pool.engines else None
             if pool.engines and engine is None:
                 return  # every engine at its cap
             hostname = self._hostname(pool, step.target, engine)
@@ -337,7 +344,8 @@ class Fleet:
 
     def _retire_old(self, step: _Pass) -> None:
         """Drain old workers, one for each ready new worker beyond the pool's size; those that can be drained first."""
-        serving_old = sorted((m for m in step.members if m.version != step.target and m.hostname not in step.draining
+        serving_old = sorted((m for m in step.members if (m.version != step.target or m.hostname in step.replacing)
+                              and m.hostname not in step.draining
                               and m.failed is None and m.ready_at is not None),
                              key=lambda m: _not_answering(step.cluster, m.hostname))
         excess = len(step.ready_new) + len(serving_old) - step.pool.replicas

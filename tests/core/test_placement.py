@@ -48,3 +48,32 @@ def test_a_pool_spreads_over_its_engines_within_their_caps_and_rolls_out_so() ->
 
     world.run(settled)
     assert max(peak.values()) <= 2 and world.min_consumers is not None and world.min_consumers >= 1
+
+
+def test_an_evacuated_engine_is_emptied_surge_first_and_a_cordoned_one_gets_no_new_worker() -> None:
+    world = World(replicas=4)
+    world.pool = replace(world.pool, engines=ENGINES, per_engine_cap=2, cap=5)
+    world.run(lambda: world.settled("v1"))
+    assert world.fleet.engines.request("z", "cordon", ENGINES) == "no pool spreads over an engine named 'z' " \
+                                                                   "(engines: a, b, c)"
+    assert world.fleet.engines.request("a", "evacuate", ENGINES) is None
+    peak: dict[str, int] = {}
+
+    def evacuated() -> bool:
+        for engine in ENGINES:
+            alive = sum(1 for m in world.fleet.of_pool("p") if engine_of(m.hostname) == engine)
+            peak[engine] = max(peak.get(engine, 0), alive)
+        return not world.fleet.engines.workers_on("a", world.fleet.of_pool("p")) and world.settled("v1")
+
+    world.run(evacuated)
+    assert sorted(engine_of(m.hostname) for m in world.fleet.of_pool("p")) == ["b", "b", "c", "c"]
+    assert max(peak.values()) <= 2 and world.min_consumers is not None and world.min_consumers >= 3
+    assert world.drains.outcomes["retired"] == 2  # each drained, never just stopped
+    assert world.fleet.engines.request("a", "cordon", ENGINES) is None
+    assert world.fleet.engines.states == {"a": "evacuating"}  # cordoning an evacuated engine changes nothing
+    assert world.fleet.engines.request("b", "cordon", ENGINES) is None
+    assert world.fleet.engines.request("a", "uncordon", ENGINES) is None
+    world.pool = replace(world.pool, replicas=5, cap=6)
+    world.run(lambda: world.settled("v1"))
+    assert sorted(engine_of(m.hostname) for m in world.fleet.of_pool("p")) == ["a", "b", "b", "c", "c"]
+    assert world.fleet.engines.closed() == frozenset({"b"}) and world.fleet.engines.leaving() == frozenset()

@@ -8,7 +8,10 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +20,14 @@ import anyio
 import pytest
 from celery import Celery
 
+from drainctl import http
 from drainctl.app import Controller
 from drainctl.core.placement import engine_of
 from drainctl.runtime.base import LABEL_CONTROLLER
 from drainctl.runtime.engines import docker_runtimes
 from tests.helpers import read_records
-from tests.integration.controllers import synced
+from tests.integration.conftest import REPO_ROOT
+from tests.integration.controllers import TOKEN, synced
 from tests.integration.docker_support import IMAGE, host_binds
 from tests.integration.pools import ConsumerLog, PoolHarness, pool_at, toml_list
 from tests.integration.private_dockerd import PrivateDockerd, PrivateDockerdError
@@ -157,3 +162,83 @@ async def test_a_pool_spread_over_three_engines_rolls_out_under_load_within_each
     assert [u for u in sent if u not in ends] == [], "interrupted"
     hosts = {r["hostname"] for r in records}
     assert {h.rpartition("@")[2] for h in hosts} <= set(ADDRESSES), json.dumps(sorted(hosts))
+
+
+def evacuate_cli(url: str, engine: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DRAINCTL_API_TOKEN": TOKEN, "USER": "ops"}
+    return subprocess.run([sys.executable, "-m", "drainctl", "evacuate", engine, "--wait", "--timeout", "150",
+                           "--url", url], capture_output=True, text=True, timeout=180, env=env, cwd=REPO_ROOT)
+
+
+async def test_evacuating_an_engine_under_load_moves_its_workers_surge_first_and_interrupts_nothing(
+    engines: dict[str, tuple[PrivateDockerd, str, TlsMaterial]], broker_url: str, rabbit_vhost: str,
+    celery_app: Celery, tmp_path: Path,
+) -> None:
+    harness = PoolHarness(tmp_path, broker_url)
+    write_pool(harness, "v1", engines)
+    runtimes = docker_runtimes(harness.settings())
+    ctl = Controller(harness.settings(), broker_url, runtimes=dict(runtimes), config_path=harness.path)
+    peak: Counter[str] = Counter()
+
+    def within_caps() -> None:
+        for name, count in Counter(engine_of(m.hostname) for m in ctl.fleet.of_pool("p")).items():
+            peak[name] = max(peak[name], count)
+
+    sent: list[str] = []
+    try:
+        async with synced(ctl, 60):
+            runner = await http.start(ctl, "127.0.0.1", 0, TOKEN)
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            try:
+                await ctl.wait_for(lambda: (within_caps(), pool_at(ctl, "v1", REPLICAS))[1], 120)
+                on_a = ctl.fleet.engines.workers_on("a", ctl.fleet.members.values())
+                assert len(on_a) == 2, on_a
+                log = ConsumerLog(urllib.parse.unquote(rabbit_vhost), harness.queue)
+                async with anyio.create_task_group() as tg:
+                    await tg.start(log.run)
+
+                    async def load() -> None:
+                        with anyio.move_on_after(150):
+                            for i in range(600):
+                                sent.append(await send(celery_app, harness.queue, 0.5 + (i % 5) * 0.5))
+                                await anyio.sleep(0.1)
+
+                    async def watch() -> None:
+                        await ctl.wait_for(lambda: (within_caps(), False)[1], 300)
+
+                    tg.start_soon(load)
+                    tg.start_soon(watch)
+                    done = await anyio.to_thread.run_sync(evacuate_cli, url, "a")
+                    assert done.returncode == 0, done
+                    assert "engine a: evacuating 2 worker(s)" in done.stdout and "engine a: evacuated" in done.stdout
+                    await ctl.wait_for(lambda: pool_at(ctl, "v1", REPLICAS), 60)
+                    tg.cancel_scope.cancel()
+                await ctl.wait_for(lambda: not any(w.tasks for w in ctl.cluster if w.hostname.startswith("p-")), 60)
+                status = json.loads(await anyio.to_thread.run_sync(
+                    lambda: urllib.request.urlopen(url + "/status", timeout=10).read()))
+                assert {e["name"]: (e["state"], len(e["workers"])) for e in status["engines"]} == {
+                    "a": ("evacuating", 0), "b": ("schedulable", 2), "c": ("schedulable", 2)}
+            finally:
+                await runner.cleanup()
+        assert ctl.drains.outcomes["retired"] == 2 and max(peak.values()) <= PER_ENGINE, (ctl.drains.outcomes, peak)
+        assert log.minimum(initial=REPLICAS) >= 1, log.events
+        assert running_per_engine(engines, harness.controller_id) == {"a": 0, "b": 2, "c": 2}
+        # A restarted controller reads the engine's state from the journal: a stays closed.
+        again = Controller(harness.settings(), broker_url, runtimes=dict(docker_runtimes(harness.settings())),
+                           config_path=harness.path)
+        again.pools.open_journal()
+        assert again.fleet.engines.states == {"a": "evacuating"}
+        again.pools.journal.close()  # type: ignore[union-attr]
+    finally:
+        for engine, _, _ in engines.values():
+            ids = engine.docker("ps", "-aq", "--filter", f"label={LABEL_CONTROLLER}={harness.controller_id}").stdout
+            if ids.split():
+                engine.docker("rm", "-f", *ids.split(), check=False)
+        for runtime in runtimes.values():
+            await runtime.aclose()
+    records = read_records(harness.records)
+    starts = Counter(r["uuid"] for r in records if r["event"] == "start")
+    ends = {r["uuid"] for r in records if r["event"] == "end"}
+    assert len(sent) > 20
+    assert [u for u in sent if starts[u] != 1] == [], "lost or duplicated"
+    assert [u for u in sent if u not in ends] == [], "interrupted"
