@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -34,6 +35,7 @@ from drainctl.inputs import (
     Answer,
     CanaryDecisionRequested,
     DrainRequested,
+    EngineReachIn,
     EngineRequested,
     EventsIn,
     Input,
@@ -184,7 +186,9 @@ class Controller:
             tg.start_soon(self._reduce)
             tg.start_soon(self._tick)
             tg.start_soon(self._watch_queue_depths)
-            for runtime in self.pools.runtimes.values():
+            for name, runtime in self.pools.runtimes.items():
+                if name.startswith("docker:") and hasattr(runtime, "on_reachability"):
+                    runtime.on_reachability = partial(self._engine_reach, name.removeprefix("docker:"))
                 await tg.start(runtime.watch, self._on_exit)
                 for handle in await runtime.adopt():
                     await self._send.send(WorkerStartedIn(handle))
@@ -228,6 +232,9 @@ class Controller:
                 log.warning("cannot read queue depths; pool sizes held", error=redact_text(str(exc)))
                 continue
             await self._send.send(QueueDepthsIn(depths))
+
+    async def _engine_reach(self, engine: str, reachable: bool, reason: str) -> None:
+        await self._send.send(EngineReachIn(engine, reachable, redact_text(reason)))
 
     async def _on_exit(self, exited: Exited) -> None:
         await self._send.send(WorkerExitedIn(exited))

@@ -177,6 +177,15 @@ class EngineRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineReachIn:
+    """A Docker engine's event stream broke (`reachable` False, with why) or is back."""
+
+    engine: str
+    reachable: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class QueueDepthsIn:
     """The elastic pools' queues as RabbitMQ reported them (a passive queue.declare each), by queue name;
     a queue it could not report is missing."""
@@ -188,5 +197,5 @@ Input = (
     EventsIn | DroppedIn | BrokerUp | BrokerDown | SnapshotsIn | EventsEnabledIn | CommandFailed | Tick
     | CancelRepliedIn | QueuesRepliedIn | WorkerExitedIn | WorkerStartedIn | DrainRequested
     | RegisteredIn | StartFailedIn | ReloadRequested | RollbackRequested | LeaseDeniedIn | QueueDepthsIn
-    | CanaryDecisionRequested | EngineRequested
+    | CanaryDecisionRequested | EngineRequested | EngineReachIn
 )

@@ -313,12 +313,16 @@ class ModelCollector(Collector):
         state = GaugeMetricFamily(
             "drainctl_engine_cordoned",
             "1 while a Docker engine takes no new worker, by state (cordoned, evacuating).", labels=["engine", "state"])
+        up = GaugeMetricFamily("drainctl_engine_up", "1 while a Docker engine answers (its event stream is up).",
+                               labels=["engine"])
         for name in known:
+            up.add_metric([name], int(name not in fleet.engines.down))
             workers.add_metric([name], len(fleet.engines.workers_on(name, fleet.members.values())))
             for kind in ("cordoned", "evacuating"):
                 state.add_metric([name, kind], int(fleet.engines.states.get(name) == kind))
         yield workers
         yield state
+        yield up
 
     def _canary(self, pools: list[str]) -> Iterator[Metric]:
         holds = self.model.fleet.canary.holds

@@ -28,6 +28,7 @@ from drainctl.inputs import (
     CommandFailed,
     DrainRequested,
     DroppedIn,
+    EngineReachIn,
     EngineRequested,
     EventsEnabledIn,
     EventsIn,
@@ -52,7 +53,8 @@ log = structlog.get_logger("drainctl")
 
 WARNING_NOTICES: Final = frozenset({
     "worker-silent", "hostname-collision", "hostname-contender-left", "tasks-lost", "reconcile-corrected",
-    "remote-control-unanswered", "rollout-blocked", "consumer-timeout-near", "consumer-timeout-redelivered",
+    "remote-control-unanswered", "rollout-blocked", "engine-unreachable", "consumer-timeout-near",
+    "consumer-timeout-redelivered",
 })
 
 
@@ -165,6 +167,10 @@ class Reducer:
                 self._canary_decision(item)
             case EngineRequested():
                 self._engine_request(item)
+            case EngineReachIn():
+                if self.fleet.engines.reachable(item.engine, item.reachable, item.reason):
+                    self._add(notices=[Notice("engine-reachable" if item.reachable else "engine-unreachable",
+                                              item.engine, item.reason or "its event stream is back")])
             case QueueDepthsIn():
                 if self.synced.is_set():
                     self._add(notices=self.autoscaler.observe(

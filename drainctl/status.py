@@ -167,7 +167,9 @@ def engines_document(model: ReadModel) -> list[dict[str, Any]]:
     """Every Docker engine a pool spreads over: cordoned or evacuating, and the workers still there."""
     fleet = model.fleet
     known = sorted({e for t in model.pool_targets.values() for e in t.engines} | set(fleet.engines.states))
+    known = sorted(set(known) | set(fleet.engines.down))
     return [{"name": name, "state": fleet.engines.states.get(name, "schedulable"),
+             "reachable": name not in fleet.engines.down, "unreachable_reason": fleet.engines.down.get(name),
              "workers": fleet.engines.workers_on(name, fleet.members.values())} for name in known]
 
 

@@ -7,6 +7,10 @@
   once empty;
 - uncordon: back to normal.
 
+An engine that cannot be reached (its event stream broke and does not come back) is closed too, and its
+workers are not counted as the pool's capacity; the planner then drains nothing in that pool and stops
+nothing there (it cannot see them exit): it waits, rather than guess, until the engine answers again.
+
 The states are journaled (`JournalEngines`): a restarted controller goes on where it was.
 """
 
@@ -25,10 +29,21 @@ EngineAction = Literal["cordon", "uncordon", "evacuate"]
 class EngineBook:
     def __init__(self) -> None:
         self.states: dict[str, EngineState] = {}
+        # Engines that cannot be reached now, and why.
+        self.down: dict[str, str] = {}
 
     def closed(self) -> frozenset[str]:
         """Engines no new worker goes to."""
-        return frozenset(self.states)
+        return frozenset(self.states) | frozenset(self.down)
+
+    def reachable(self, engine: str, up: bool, reason: str) -> bool:
+        """Note whether `engine` answers; True when that changed."""
+        was_down = engine in self.down
+        if up:
+            self.down.pop(engine, None)
+        else:
+            self.down[engine] = reason
+        return was_down == up
 
     def leaving(self) -> frozenset[str]:
         """Engines whose workers are being replaced elsewhere."""

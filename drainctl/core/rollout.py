@@ -114,6 +114,8 @@ class _Pass:
     allowed: int = 0
     # Target-version members on an engine being evacuated: replaced and drained like old ones.
     replacing: set[str] = field(default_factory=set)
+    # Members on an engine that cannot be reached: not capacity, and the pool drains nothing meanwhile.
+    away: set[str] = field(default_factory=set)
     # The workers being drained when the drains of this pass began (reverted ones excluded).
     draining: set[str] = field(default_factory=set)
     # Members this pass would drain but cannot, and why.
@@ -234,10 +236,11 @@ class Fleet:
         target = self.target(pool)
         leaving = self.engines.leaving() if pool.engines else frozenset()
         replacing = {m.hostname for m in members if engine_of(m.hostname) in leaving}
-        new = [m for m in members if m.version == target and m.failed is None and m.hostname not in replacing]
+        away = {m.hostname for m in members if pool.engines and engine_of(m.hostname) in self.engines.down}
+        new = [m for m in members if m.version == target and m.failed is None and m.hostname not in replacing | away]
         step = _Pass(pool, cluster, drains, now, members, target, rollout, new,
                      ready_new=[m for m in new if m.ready_at is not None], commands=commands, notices=notices,
-                     allowed=allowed, replacing=replacing)
+                     allowed=allowed, replacing=replacing, away=away)
         self._revert_drains(step)
         self._surge(step)
         step.draining = set(drains.active)
@@ -344,6 +347,8 @@ class Fleet:
 
     def _retire_old(self, step: _Pass) -> None:
         """Drain old workers, one for each ready new worker beyond the pool's size; those that can be drained first."""
+        if step.away:
+            return
         serving_old = sorted((m for m in step.members if (m.version != step.target or m.hostname in step.replacing)
                               and m.hostname not in step.draining
                               and m.failed is None and m.ready_at is not None),
@@ -363,7 +368,7 @@ class Fleet:
         """Failed workers still alive: one that never left its standby queue holds no pool message and is
         stopped; any other is drained, never just stopped: it may hold tasks."""
         for member in step.members:
-            if member.failed is None or member.hostname in step.draining:
+            if member.failed is None or member.hostname in step.draining | step.away:
                 continue
             if never_consumed(member, step.pool, step.cluster.worker(member.hostname)):
                 step.commands.extend(stop(member, step.pool, step.now))
@@ -384,6 +389,8 @@ class Fleet:
         """More ready target workers than the pool's size (replicas lowered): drain those that will be free
         first (`drainctl.core.scaling.scale_in_order`; the newest among equals). Those already draining
         count, so every pass asks for the same ones."""
+        if step.away:
+            return
         staying = [m for m in step.ready_new if m.hostname not in step.draining]
         wanted = len(step.ready_new) - step.pool.replicas - (len(step.ready_new) - len(staying))
         if wanted <= 0:

@@ -30,7 +30,7 @@ import signal as signal_mod
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +121,8 @@ class DockerRuntime:
         self._final: OrderedDict[str, dict[str, Any]] = OrderedDict()
         #: Times `watch` got the event stream back after a break (and swept the exits of the gap).
         self.resubscriptions = 0
+        #: Told (False, why) when the event stream breaks, (True, "") once the engine answers again.
+        self.on_reachability: Callable[[bool, str], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ client
     def _client(self) -> aiodocker.Docker:
@@ -258,6 +260,8 @@ class DockerRuntime:
             if session.resubscribed:
                 backoff = RESUBSCRIBE_MIN_S
                 session.resubscribed = False
+            if self.on_reachability is not None:
+                await self.on_reachability(False, reason)
             delay = backoff * random.uniform(0.8, 1.2)
             log.warning("docker event stream broken; resubscribing", reason=reason, retry_in_s=round(delay, 2))
             await anyio.sleep(delay)
@@ -292,6 +296,8 @@ class DockerRuntime:
                     session.resubscribed = True
                     self.resubscriptions += 1
                     log.info("docker event stream reopened; checking the managed containers")
+                    if self.on_reachability is not None:
+                        await self.on_reachability(True, "")
                     await self._sweep(managed, containers, on_exit)
                 while (event := await subscriber.get()) is not None:
                     session.since = event_since(event) or session.since

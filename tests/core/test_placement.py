@@ -77,3 +77,23 @@ def test_an_evacuated_engine_is_emptied_surge_first_and_a_cordoned_one_gets_no_n
     world.run(lambda: world.settled("v1"))
     assert sorted(engine_of(m.hostname) for m in world.fleet.of_pool("p")) == ["a", "b", "b", "c", "c"]
     assert world.fleet.engines.closed() == frozenset({"b"}) and world.fleet.engines.leaving() == frozenset()
+
+
+def test_while_an_engine_cannot_be_reached_its_workers_are_not_capacity_and_the_pool_drains_nothing() -> None:
+    world = World(replicas=4)
+    world.pool = replace(world.pool, engines=ENGINES, per_engine_cap=2, cap=5)
+    world.run(lambda: world.settled("v1"))
+    world.pool = replace(world.pool, version="v2")
+    world.run(lambda: any(m.version == "v2" and m.ready_at is not None for m in world.fleet.of_pool("p")))
+    assert world.fleet.engines.reachable("c", False, "connection refused")
+    assert not world.fleet.engines.reachable("c", False, "connection refused")  # no change
+    on_c = {m.hostname for m in world.fleet.of_pool("p") if engine_of(m.hostname) == "c"}
+    draining = set(world.drains.active)
+    for _ in range(30):
+        world.step()
+        assert set(world.drains.active) <= draining  # no new drain while c is away
+        assert {m.hostname for m in world.fleet.of_pool("p") if engine_of(m.hostname) == "c"} <= on_c
+    assert world.fleet.engines.closed() == frozenset({"c"})
+    assert world.fleet.engines.reachable("c", True, "")
+    world.run(lambda: world.settled("v2"))
+    assert world.fleet.history[-1].outcome == "succeeded"
