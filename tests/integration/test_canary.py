@@ -3,6 +3,7 @@ healthy one is promoted through every step; no task is lost, duplicated or inter
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from drainctl import http
 from drainctl.app import Controller
 from drainctl.core.rollout import Rollout
 from drainctl.runtime.process import ProcessRuntime
-from tests.helpers import read_records
+from tests.helpers import read_records, wait_until
 from tests.integration.conftest import REPO_ROOT
 from tests.integration.controllers import TOKEN, synced
 from tests.integration.pools import PoolHarness, pool_at, running
@@ -64,9 +65,20 @@ async def roll_out_under_load(harness: PoolHarness, ctl: Controller, app: Celery
         await ctl.reload("test")
         await ctl.wait_for(settled, 150)
         tg.cancel_scope.cancel()
-    # every task sent runs to its end
-    await ctl.wait_for(lambda: not any(w.tasks for w in ctl.cluster if w.hostname.startswith("p-")), 60)
+    await all_ended(harness.records, sent)
     return sent, holds
+
+
+async def all_ended(records_dir: Path, sent: list[str]) -> None:
+    """Wait (up to 30 s) until every task sent has ended by its own record: the last ones sent may still be
+    queued when the load stops, and the workers must not be stopped before they ran."""
+    wanted = set(sent)
+
+    def ended() -> bool:
+        return wanted <= {r["uuid"] for r in read_records(records_dir) if r["event"] == "end"}
+
+    with contextlib.suppress(AssertionError):  # the check that follows says which task, and how
+        await anyio.to_thread.run_sync(lambda: wait_until(ended, 30, "every task sent to end", interval=0.2))
 
 
 def canary_rollout(ctl: Controller) -> Rollout:
@@ -75,7 +87,8 @@ def canary_rollout(ctl: Controller) -> Rollout:
 
 
 def check_every_task_ran_once(records_dir: Path, sent: list[str]) -> Counter[str]:
-    """Every task sent started once and ended (0 lost, 0 duplicated, 0 interrupted); ends per version."""
+    """Every task sent started once and ended (0 lost, 0 duplicated, 0 interrupted); ends per version.
+"""
     records = read_records(records_dir)
     starts = Counter(r["uuid"] for r in records if r["event"] == "start")
     ends = {r["uuid"]: r for r in records if r["event"] == "end"}
@@ -182,7 +195,7 @@ async def test_an_operator_sees_the_hold_and_promotes_or_aborts_it_from_the_cli(
                 refused = await anyio.to_thread.run_sync(cli, url, "abort", "--pool", "p")
                 assert refused.returncode == 3 and "drainctl rollback --pool p" in refused.stderr, refused
                 tg.cancel_scope.cancel()
-            await ctl.wait_for(lambda: not any(w.tasks for w in ctl.cluster if w.hostname.startswith("p-")), 60)
+            await all_ended(harness.records, sent)
         finally:
             await runner.cleanup()
     detail = next(r for r in ctl.fleet.history if r.to_version == "v3").detail
@@ -197,8 +210,11 @@ async def test_a_restarted_controller_resumes_the_hold_at_its_step(
     harness.write("v1", extra_pool=TWO_STEPS)
     sent: list[str] = []
     async with anyio.create_task_group() as tg:
+        # Its own scope: the load stops, and the controller and its checks go on.
+        stop_load = anyio.CancelScope()
+
         async def load() -> None:
-            with anyio.move_on_after(150):
+            with stop_load, anyio.move_on_after(150):
                 for i in range(3000):
                     sent.append(await send_work(celery_app, harness.queue, 0.05 + (i % 4) * 0.05))
                     await anyio.sleep(0.05)
@@ -222,8 +238,8 @@ async def test_a_restarted_controller_resumes_the_hold_at_its_step(
                 return any(r.to_version == "v2" and r.outcome == "succeeded" for r in ctl.fleet.history)
 
             await ctl.wait_for(done, 120)
-            tg.cancel_scope.cancel()
+            stop_load.cancel()
             await ctl.wait_for(lambda: pool_at(ctl, "v2"), 60)
-            await ctl.wait_for(lambda: not any(w.tasks for w in ctl.cluster if w.hostname.startswith("p-")), 60)
+            await all_ended(harness.records, sent)
     assert steps[0] == 1 and 0 not in steps, steps  # resumed at its step, never back at the first
     check_every_task_ran_once(harness.records, sent)
