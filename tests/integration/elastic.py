@@ -93,6 +93,7 @@ class PoolWatch:
     drains: dict[str, DrainSeen] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)  # hostname -> process start (controller clock)
     gone: dict[str, float] = field(default_factory=dict)  # hostname -> when it left the pool (exited)
+    reached: dict[int, float] = field(default_factory=dict)  # ready size -> when the pool first had it
 
     def __call__(self) -> bool:
         now = self.ctl.clock()
@@ -101,6 +102,7 @@ class PoolWatch:
         ready = [m.hostname for m in members if m.ready_at is not None and m.failed is None]
         serving = [h for h in ready if h not in active]
         self.most_ready = max(self.most_ready, len(serving))
+        self.reached.setdefault(len(serving), now)
         self.fewest_ready = len(serving) if self.fewest_ready is None else min(self.fewest_ready, len(serving))
         for member in members:
             self.started.setdefault(member.hostname, member.started_at)
