@@ -255,3 +255,76 @@ async def test_evacuating_an_engine_under_load_moves_its_workers_surge_first_and
     assert len(sent) > 20
     assert [u for u in sent if starts[u] != 1] == [], "lost or duplicated"
     assert [u for u in sent if u not in ends] == [], "interrupted"
+
+
+async def test_an_engine_stopped_mid_rollout_holds_the_pool_until_it_is_back(
+    engines: dict[str, tuple[PrivateDockerd, str, TlsMaterial]], broker_url: str, rabbit_vhost: str,
+    celery_app: Celery, tmp_path: Path,
+) -> None:
+    harness = PoolHarness(tmp_path, broker_url)
+    write_pool(harness, "v1", engines)
+    runtimes = docker_runtimes(harness.settings())
+    ctl = Controller(harness.settings(), broker_url, runtimes=dict(runtimes), config_path=harness.path)
+    stopped, _, _ = engines["c"]
+    peak: Counter[str] = Counter()
+    sent: list[str] = []
+    try:
+        async with synced(ctl, 60):
+            await ctl.wait_for(lambda: pool_at(ctl, "v1", REPLICAS), 120)
+            on_c = set(ctl.fleet.engines.workers_on("c", ctl.fleet.members.values()))
+            assert len(on_c) == 1, on_c
+            log = ConsumerLog(urllib.parse.unquote(rabbit_vhost), harness.queue)
+            async with anyio.create_task_group() as tg:
+                await tg.start(log.run)
+
+                async def load() -> None:
+                    with anyio.move_on_after(180):
+                        for i in range(900):
+                            sent.append(await send(celery_app, harness.queue, 0.2 + (i % 5) * 0.3))
+                            await anyio.sleep(0.1)
+
+                def invariants() -> bool:
+                    for name, count in Counter(engine_of(m.hostname) for m in ctl.fleet.of_pool("p")).items():
+                        peak[name] = max(peak[name], count)
+                    return False
+
+                tg.start_soon(load)
+                write_pool(harness, "v2", engines)
+                await ctl.reload("test")
+                await ctl.wait_for(lambda: any(m.version == "v2" and m.ready_at is not None
+                                               for m in ctl.fleet.of_pool("p")), 120)
+                await anyio.to_thread.run_sync(lambda: stopped.stop(kill_after_s=None))
+                await ctl.wait_for(lambda: "c" in ctl.fleet.engines.down, 30)
+                draining = set(ctl.drains.active)
+                # While c is gone: nothing new goes there, its worker is neither drained nor stopped, and no
+                # other drain starts (the pool waits rather than guess).
+                with anyio.move_on_after(8):
+                    await ctl.wait_for(lambda: invariants() or bool(set(ctl.drains.active) - draining) or any(
+                        engine_of(m.hostname) == "c" and m.hostname not in on_c for m in ctl.fleet.of_pool("p")), 10)
+                assert not set(ctl.drains.active) - draining, (ctl.drains.active, draining)
+                assert set(ctl.fleet.engines.workers_on("c", ctl.fleet.members.values())) == on_c
+                assert ctl.fleet.rollouts, "the rollout went on as if c were there"
+                await anyio.to_thread.run_sync(stopped.start)
+                await ctl.wait_for(lambda: "c" not in ctl.fleet.engines.down, 60)
+                await ctl.wait_for(lambda: (invariants(), pool_at(ctl, "v2", REPLICAS)
+                                            and bool(ctl.fleet.history))[1], 180)
+                tg.cancel_scope.cancel()
+            await all_ended(harness.records, sent)
+            assert ctl.fleet.history[-1].outcome == "succeeded"
+            assert log.minimum(initial=REPLICAS) >= 1, log.events
+            assert max(peak.values()) <= PER_ENGINE, peak
+    finally:
+        if stopped.pid is None:
+            stopped.start()
+        for engine, _, _ in engines.values():
+            ids = engine.docker("ps", "-aq", "--filter", f"label={LABEL_CONTROLLER}={harness.controller_id}").stdout
+            if ids.split():
+                engine.docker("rm", "-f", *ids.split(), check=False)
+        for runtime in runtimes.values():
+            await runtime.aclose()
+    records = read_records(harness.records)
+    starts = Counter(r["uuid"] for r in records if r["event"] == "start")
+    ends = {r["uuid"] for r in records if r["event"] == "end"}
+    assert len(sent) > 20
+    assert [u for u in sent if starts[u] != 1] == [], "lost or duplicated"
+    assert [u for u in sent if u not in ends] == [], "interrupted"
