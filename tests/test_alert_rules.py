@@ -28,6 +28,7 @@ ALERTS = {
     "DrainctlDrainPastDeadline", "DrainctlRolloutFailed", "DrainctlWorkerSilent", "DrainctlNoEvents",
     "DrainctlEventsDropped", "DrainctlEventsMalformed", "DrainctlConfigReloadRejected", "DrainctlHostnameCollision",
     "DrainctlWorkerIgnoresRemoteControl", "DrainctlConsumerTimeoutNear", "DrainctlPoolAtMaxWithGrowingBacklog",
+    "DrainctlEngineUnreachable",
 }
 
 

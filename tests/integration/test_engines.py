@@ -24,6 +24,7 @@ from celery import Celery
 from drainctl import http
 from drainctl.app import Controller
 from drainctl.core.placement import engine_of
+from drainctl.metrics import exposition, registry_for
 from drainctl.runtime.base import LABEL_CONTROLLER
 from drainctl.runtime.engines import docker_runtimes
 from tests.helpers import read_records, wait_until
@@ -295,6 +296,7 @@ async def test_an_engine_stopped_mid_rollout_holds_the_pool_until_it_is_back(
                                                for m in ctl.fleet.of_pool("p")), 120)
                 await anyio.to_thread.run_sync(lambda: stopped.stop(kill_after_s=None))
                 await ctl.wait_for(lambda: "c" in ctl.fleet.engines.down, 30)
+                assert b'drainctl_engine_up{engine="c"} 0.0' in exposition(registry_for(ctl), ctl)
                 draining = set(ctl.drains.active)
                 # While c is gone: nothing new goes there, its worker is neither drained nor stopped, and no
                 # other drain starts (the pool waits rather than guess).
