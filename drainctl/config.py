@@ -357,6 +357,9 @@ def _line_of(text: str, loc: Sequence[str | int]) -> int | None:
         return None
     start = 0  # top level: before the first header
     key_parts: list[str | int] = parts
+    # `[[docker.engine]]`: ("docker", "engine", 1, "host") names the array "docker.engine".
+    if len(parts) > 2 and isinstance(parts[0], str) and isinstance(parts[1], str) and isinstance(parts[2], int):
+        parts = [f"{parts[0]}.{parts[1]}", *parts[2:]]
     if isinstance(parts[0], str):
         name = parts[0]
         if len(parts) > 1 and isinstance(parts[1], int):
