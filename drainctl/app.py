@@ -29,7 +29,7 @@ from drainctl.core.model import Cluster
 from drainctl.core.policy import PolicyOverrides
 from drainctl.core.rollout import Fleet, PoolTarget
 from drainctl.core.version_outcomes import VersionOutcomes
-from drainctl.errors import DrainctlError
+from drainctl.errors import DrainctlError, RuntimeFailure
 from drainctl.executor import CommandExecutor
 from drainctl.inputs import (
     Answer,
@@ -187,10 +187,21 @@ class Controller:
             tg.start_soon(self._tick)
             tg.start_soon(self._watch_queue_depths)
             for name, runtime in self.pools.runtimes.items():
-                if name.startswith("docker:") and hasattr(runtime, "on_reachability"):
+                several = name.startswith("docker:")
+                if several and hasattr(runtime, "on_reachability") and hasattr(runtime, "on_adopted"):
+                    # One of several engines: one that does not answer is shown, and the others go on.
                     runtime.on_reachability = partial(self._engine_reach, name.removeprefix("docker:"))
+                    runtime.on_adopted = self._adopted
                 await tg.start(runtime.watch, self._on_exit)
-                for handle in await runtime.adopt():
+                try:
+                    handles = await runtime.adopt()
+                except RuntimeFailure as exc:
+                    if not several:
+                        raise
+                    log.warning("engine not answering at start; its workers are adopted once it does",
+                                engine=name.removeprefix("docker:"), error=str(exc))
+                    continue
+                for handle in handles:
                     await self._send.send(WorkerStartedIn(handle))
             tg.start_soon(self.session.run)
             task_status.started()
@@ -232,6 +243,9 @@ class Controller:
                 log.warning("cannot read queue depths; pool sizes held", error=redact_text(str(exc)))
                 continue
             await self._send.send(QueueDepthsIn(depths))
+
+    async def _adopted(self, handle: WorkerHandle) -> None:
+        await self._send.send(WorkerStartedIn(handle))
 
     async def _engine_reach(self, engine: str, reachable: bool, reason: str) -> None:
         await self._send.send(EngineReachIn(engine, reachable, redact_text(reason)))

@@ -88,6 +88,8 @@ class _WatchSession:
     started: bool = False
     # The last resubscription got as far as the sweep: the engine answers again.
     resubscribed: bool = False
+    # The engine did not answer at start: its containers are adopted once it does.
+    adopt_later: bool = False
 
 
 def _handle_from_labels(runtime: str, container_id: str, labels: dict[str, Any], controller_id: str) -> WorkerHandle:
@@ -123,6 +125,8 @@ class DockerRuntime:
         self.resubscriptions = 0
         #: Told (False, why) when the event stream breaks, (True, "") once the engine answers again.
         self.on_reachability: Callable[[bool, str], Awaitable[None]] | None = None
+        #: Set for one of several engines: containers adopted once an engine unreachable at start answers.
+        self.on_adopted: Callable[[WorkerHandle], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ client
     def _client(self) -> aiodocker.Docker:
@@ -245,8 +249,10 @@ class DockerRuntime:
     ) -> None:
         """Report every `die` of one of our containers, once, then remove the container; runs until cancelled.
 
-        The first subscription failing raises RuntimeFailure (no engine to talk to at start-up); later breaks
-        of the stream are retried forever, with backoff between attempts and each attempt's requests bounded.
+        The first subscription failing raises RuntimeFailure (no engine to talk to at start-up), unless
+        `on_adopted` is set (one of several engines: the others go on): then this engine counts as unreachable,
+        and once it answers its containers are adopted and handed to `on_adopted`. Later breaks of the stream
+        are retried forever, with backoff between attempts and each attempt's requests bounded.
         """
         session = _WatchSession()
         backoff = RESUBSCRIBE_MIN_S
@@ -254,8 +260,11 @@ class DockerRuntime:
             try:
                 reason = await self._subscription(on_exit, session, task_status)
             except (*_ENGINE_ERRORS, ValueError, KeyError) as exc:
-                if not session.started:
+                if not session.started and self.on_adopted is None:
                     raise self._failure("subscribing to the Docker engine's events", exc) from exc
+                if not session.started:
+                    session.started, session.adopt_later = True, True
+                    task_status.started()
                 reason = f"{type(exc).__name__}: {exc}"
             if session.resubscribed:
                 backoff = RESUBSCRIBE_MIN_S
@@ -298,6 +307,10 @@ class DockerRuntime:
                     log.info("docker event stream reopened; checking the managed containers")
                     if self.on_reachability is not None:
                         await self.on_reachability(True, "")
+                    if session.adopt_later and self.on_adopted is not None:
+                        session.adopt_later = False
+                        for handle in await self.adopt():
+                            await self.on_adopted(handle)
                     await self._sweep(managed, containers, on_exit)
                 while (event := await subscriber.get()) is not None:
                     session.since = event_since(event) or session.since

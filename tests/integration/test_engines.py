@@ -330,3 +330,55 @@ async def test_an_engine_stopped_mid_rollout_holds_the_pool_until_it_is_back(
     assert len(sent) > 20
     assert [u for u in sent if starts[u] != 1] == [], "lost or duplicated"
     assert [u for u in sent if u not in ends] == [], "interrupted"
+
+
+async def test_a_controller_starts_with_an_engine_down_and_adopts_its_workers_once_it_answers(
+    engines: dict[str, tuple[PrivateDockerd, str, TlsMaterial]], broker_url: str, celery_app: Celery,
+    tmp_path: Path,
+) -> None:
+    harness = PoolHarness(tmp_path, broker_url)
+    write_pool(harness, "v1", engines)
+    down, _, _ = engines["b"]
+    all_runtimes = []
+    sent: list[str] = []
+    try:
+        runtimes = docker_runtimes(harness.settings())
+        all_runtimes += runtimes.values()
+        first = Controller(harness.settings(), broker_url, runtimes=dict(runtimes), config_path=harness.path)
+        async with synced(first, 60):
+            await first.wait_for(lambda: pool_at(first, "v1", REPLICAS), 120)
+            on_b = set(first.fleet.engines.workers_on("b", first.fleet.members.values()))
+        assert len(on_b) == 1
+        await anyio.to_thread.run_sync(lambda: down.stop(kill_after_s=None))  # its worker keeps running
+        runtimes = docker_runtimes(harness.settings())
+        all_runtimes += runtimes.values()
+        ctl = Controller(harness.settings(), broker_url, runtimes=dict(runtimes), config_path=harness.path)
+        async with synced(ctl, 60):
+            await ctl.wait_for(lambda: "b" in ctl.fleet.engines.down, 30)
+            # The pool is whole without b's worker, which nothing counts: a replacement on a or c.
+            await ctl.wait_for(lambda: len([m for m in ctl.fleet.of_pool("p") if m.ready_at is not None]) == REPLICAS
+                               and not set(ctl.fleet.members) & on_b, 120)
+            assert all(engine_of(m.hostname) != "b" for m in ctl.fleet.of_pool("p"))
+            for i in range(20):
+                sent.append(await send(celery_app, harness.queue, 0.2 + (i % 4) * 0.2))
+            await anyio.to_thread.run_sync(down.start)
+            # b answers: its worker is adopted, and the pool, one too many, drains one (free first).
+            await ctl.wait_for(lambda: "b" not in ctl.fleet.engines.down and bool(set(ctl.fleet.members) & on_b), 60)
+            await ctl.wait_for(lambda: pool_at(ctl, "v1", REPLICAS) and ctl.drains.outcomes["retired"] >= 1, 120)
+            await all_ended(harness.records, sent)
+            alive = Counter(engine_of(m.hostname) for m in ctl.fleet.of_pool("p"))
+            assert sum(alive.values()) == REPLICAS and max(alive.values()) <= PER_ENGINE, alive
+    finally:
+        if down.pid is None:
+            down.start()
+        for engine, _, _ in engines.values():
+            ids = engine.docker("ps", "-aq", "--filter", f"label={LABEL_CONTROLLER}={harness.controller_id}").stdout
+            if ids.split():
+                engine.docker("rm", "-f", *ids.split(), check=False)
+        for runtime in all_runtimes:
+            await runtime.aclose()
+    records = read_records(harness.records)
+    starts = Counter(r["uuid"] for r in records if r["event"] == "start")
+    ends = {r["uuid"] for r in records if r["event"] == "end"}
+    assert [u for u in sent if starts[u] != 1] == [], "lost or duplicated"
+    assert [u for u in sent if u not in ends] == [], "interrupted"
