@@ -15,7 +15,11 @@ queue of its own (same vhost): pool "p" (real Celery workers, process runtime, c
 prefetch multiplier 1) either elastic (`--min`..`--max`, `[controller] queue_depth_interval_s = 0.5`,
 `scale_out_cooldown_s` / `scale_in_cooldown_s` from `--out-cooldown` / `--in-cooldown`) or fixed at
 `--max` or at `--min` workers. A run's window is from the pattern's start until the pattern's end, every task
-has run, and (elastic) the pool is back at `--min`, whichever is last.
+has run, and (elastic) the pool is back at `--min`, whichever is last. Windows differ (the pool at `--min`
+works through its backlog long after the pattern's end; an elastic pool takes its scale-in cooldowns to come
+back), so the worker-seconds are also given over the same span for every run of a pattern: its longest
+window, each pool keeping from its own window's end the workers it then had (what a fixed pool costs while
+it idles).
 
 Printed per pattern and configuration: the queue wait (sent -> started, the task's own start record;
 CLOCK_MONOTONIC is system-wide on Linux) p50 / p99 / max; the worker-seconds (each worker's alive time, its
@@ -123,6 +127,7 @@ class Result:
     waits: list[float] = field(default_factory=list)
     worker_seconds: float = 0.0
     window_s: float = 0.0
+    alive_at_end: int = 0  # workers alive as the window closed
     lost: int = 0
     duplicated: int = 0
     interrupted: int = 0
@@ -186,6 +191,7 @@ async def run_one(args: argparse.Namespace, work: Path, url: str, name: str, con
             tg.cancel_scope.cancel()
         result.worker_seconds = watch.worker_seconds(t0, t_end)
         result.window_s = t_end - t0
+        result.alive_at_end = sum(1 for h in watch.started if h not in watch.gone)
         result.largest = watch.most_ready
         if config == "elastic":
             sizing = ctl.pool_sizing["p"]
@@ -228,12 +234,16 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
     print(f"\npool p: concurrency 2, acks_late, prefetch multiplier 1; elastic {args.min}..{args.max} (cooldowns "
           f"out {args.out_cooldown:g} s, in {args.in_cooldown:g} s, queue depths every 0.5 s), fixed at {args.max}, "
           f"fixed at {args.min}; seed {args.seed}")
+    print("worker-s: within the run's window; 'same span': as if every run of the pattern lasted as long as its "
+          "longest, each pool keeping the workers it had at its end")
     print(f"{'pattern':7} {'config':10} {'sent':>5} {'wait p50 s':>10} {'p99 s':>7} {'max s':>7} "
-          f"{'worker-s':>9} {'window s':>9} {'lost':>5} {'dupl.':>5} {'interr.':>7}")
+          f"{'worker-s':>9} {'window s':>9} {'same span':>10} {'lost':>5} {'dupl.':>5} {'interr.':>7}")
+    span = {p: max(r.window_s for r in results if r.pattern == p) for p in {r.pattern for r in results}}
     for r in results:
+        same = r.worker_seconds + r.alive_at_end * (span[r.pattern] - r.window_s)
         print(f"{r.pattern:7} {r.config:10} {r.sent:5} {seconds(r.waits, 50):>10} {seconds(r.waits, 99):>7} "
-              f"{seconds(r.waits):>7} {r.worker_seconds:9.1f} {r.window_s:9.1f} {r.lost:5} {r.duplicated:5} "
-              f"{r.interrupted:7}")
+              f"{seconds(r.waits):>7} {r.worker_seconds:9.1f} {r.window_s:9.1f} {same:10.1f} {r.lost:5} "
+              f"{r.duplicated:5} {r.interrupted:7}")
     for r in results:
         if r.config != "elastic":
             continue
@@ -279,6 +289,8 @@ def main() -> None:
     parser.add_argument("--out-cooldown", type=float, default=2.0, help="scale_out_cooldown_s of the elastic pool")
     parser.add_argument("--in-cooldown", type=float, default=5.0, help="scale_in_cooldown_s of the elastic pool")
     parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--log-level", default="warning",
+                        help="the controllers' log level (info: every scaling decision, as pool-scaled-out/-in)")
     args = parser.parse_args()
     args.patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -288,7 +300,7 @@ def main() -> None:
         parser.error(f"--configs: choose from {', '.join(CONFIGS)}")
     if not 1 <= args.min <= args.max or not 1 <= args.burst_tasks <= 2000 or not 1 <= args.wave_tasks <= 2000:
         parser.error("need 1 <= --min <= --max and 1..2000 tasks per pattern")
-    logs.configure(level="warning")
+    logs.configure(level=args.log_level)
     work = Path(f"/tmp/drainctl-bench-autoscale-{uuid.uuid4().hex[:6]}")
     work.mkdir(parents=True)
     rabbitmqctl("add_vhost", VHOST)
