@@ -163,6 +163,15 @@ class Reducer:
                 self.pools.started(item.handle, now)
             case WorkerExitedIn():
                 self._exited(item, now)
+            case CanaryDecisionRequested() | EngineRequested() | EngineReachIn() | QueueDepthsIn():
+                self._fleet_input(item, now)
+            case _:
+                assert_never(item)
+
+    def _fleet_input(self, item: CanaryDecisionRequested | EngineRequested | EngineReachIn | QueueDepthsIn,
+                     now: float) -> None:
+        """Canary decisions, engines (maintenance, reachability) and queue depths for the autoscaler."""
+        match item:
             case CanaryDecisionRequested():
                 self._canary_decision(item)
             case EngineRequested():
