@@ -97,3 +97,17 @@ def test_while_an_engine_cannot_be_reached_its_workers_are_not_capacity_and_the_
     assert world.fleet.engines.reachable("c", True, "")
     world.run(lambda: world.settled("v2"))
     assert world.fleet.history[-1].outcome == "succeeded"
+
+
+def test_with_every_engine_closed_or_full_no_worker_starts() -> None:
+    world = World(replicas=2)
+    world.pool = replace(world.pool, engines=ENGINES, per_engine_cap=1, cap=3)
+    world.run(lambda: world.settled("v1"))
+    for engine in ENGINES:
+        assert world.fleet.engines.request(engine, "cordon", ENGINES) is None
+    world.pool = replace(world.pool, replicas=3, cap=4)
+    started = sum(1 for c in world.log if isinstance(c, StartWorker))
+    for _ in range(5):
+        world.step()
+    assert sum(1 for c in world.log if isinstance(c, StartWorker)) == started
+    assert len(world.fleet.of_pool("p")) == 2
