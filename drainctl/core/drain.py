@@ -54,6 +54,8 @@ __all__ = [
 
 DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 # How far a drain's actual end was from its estimate, in seconds either way.
+# How many retired workers' shutdown-to-exit times a drain's estimate learns from.
+RETIRE_HISTORY: Final = 50
 ESTIMATE_ERROR_BUCKETS: Final = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0)
 RESTART_WINDOW_S: Final = 300.0
 CONFIRM_REASON: Final = "drain-confirm"
@@ -132,6 +134,9 @@ class DrainBook:
         self.duration_sum = 0.0
         self.estimate_error_buckets = [0] * (len(ESTIMATE_ERROR_BUCKETS) + 1)
         self.estimate_error_sum = 0.0
+        # How long retired workers took from the remote shutdown to their exit: a drain ends when its
+        # worker has exited, so every estimate adds the median of these.
+        self.retire_times: deque[float] = deque(maxlen=RETIRE_HISTORY)
 
     # ------------------------------------------------------------------ queries
     def __iter__(self) -> Iterator[Drain]:
@@ -165,7 +170,7 @@ class DrainBook:
         drain = Drain(
             hostname=hostname, queues=queues, managed=managed, policy=policy, started_at=now, pid=worker.pid,
             requested_by=requested_by, forced=force, phase_since=now, unconfirmed=set(queues), asked_at=now,
-            held=held(worker) or (), estimated_end_at=drain_estimate(worker, cluster.runtimes, now),
+            held=held(worker) or (), estimated_end_at=self._estimate(worker, cluster, now),
         )
         self.active[hostname] = drain
         self.started_total += 1
@@ -186,7 +191,7 @@ class DrainBook:
         drain = Drain(
             hostname=hostname, queues=queues, managed=managed, policy=policy, started_at=now,
             pid=worker.pid if worker is not None else None, requested_by=requested_by, phase=Phase.WAITING,
-            phase_since=now, held=held(worker) or (), estimated_end_at=drain_estimate(worker, cluster.runtimes, now),
+            phase_since=now, held=held(worker) or (), estimated_end_at=self._estimate(worker, cluster, now),
         )
         self.active[hostname] = drain
         self.started_total += 1
@@ -409,7 +414,16 @@ class DrainBook:
                        "RabbitMQ may have closed its channel")
         return self._finish(drain, Outcome.LOST, now, detail)
 
+    def _estimate(self, worker: Worker | None, cluster: Cluster, now: float) -> float | None:
+        end = drain_estimate(worker, cluster.runtimes, now)
+        if end is None or not self.retire_times:
+            return end
+        times = sorted(self.retire_times)
+        return end + times[len(times) // 2]
+
     def _finish(self, drain: Drain, outcome: Outcome, now: float, detail: str) -> list[Notice]:
+        if outcome is Outcome.RETIRED and drain.phase is Phase.RETIRING:
+            self.retire_times.append(now - drain.phase_since)
         drain.outcome = outcome
         drain.detail = detail
         drain.finished_at = now

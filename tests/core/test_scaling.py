@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drainctl.core.drain import ESTIMATE_ERROR_BUCKETS, DrainBook
+from drainctl.core.drain import ESTIMATE_ERROR_BUCKETS, DrainBook, Phase
 from drainctl.core.model import Cluster
 from drainctl.core.runtimes import RuntimeHistory
 from drainctl.core.scaling import (
@@ -19,7 +19,7 @@ from drainctl.core.scaling import (
     pick_scale_in,
 )
 from tests.core.factories import ETA
-from tests.core.scenes import POLICY, A, B, C, fleet, holding, learnt
+from tests.core.scenes import POLICY, A, B, C, drained_to_waiting, fleet, holding, learnt
 
 # Runtimes of app.sleep in these scenes: 2, 4, 6, 8 and 10 seconds.
 SLEEPS = (2.0, 4.0, 6.0, 8.0, 10.0)
@@ -145,6 +145,19 @@ def test_a_finished_drain_counts_how_far_its_end_was_from_the_estimate() -> None
     assert book.estimate_error_buckets[ESTIMATE_ERROR_BUCKETS.index(5.0)] == 1
     assert book.estimate_error_buckets[-1] == 1
     assert sum(book.estimate_error_buckets) == 2
+
+
+def test_an_estimate_adds_how_long_retired_workers_took_to_exit() -> None:
+    cluster = pool_of_three()
+    book = DrainBook()
+    drained_to_waiting(cluster, book)  # A, idle
+    book.evaluate(cluster, 2.0)
+    book.confirm_done(cluster, A, True, 2.0)  # nothing held: the remote shutdown goes out
+    assert book.get(A).phase is Phase.RETIRING  # type: ignore[union-attr]
+    book.exited(cluster, A, 0, False, 3.5)  # exited 1.5 s after it
+    assert list(book.retire_times) == [1.5]
+    drain, _ = book.start(cluster, B, 4.0, policy=POLICY, managed=True)
+    assert drain.estimated_end_at == 4.0 + 1.5
 
 
 def test_in_hand_counts_what_the_pools_workers_run_and_hold_prefetched() -> None:
