@@ -105,6 +105,9 @@ stop_timeout_s = 60
 
 def controller_child(config_path: str, lag_path: str, log_level: str) -> None:
     """`drainctl run --config F`, with `Controller.apply` wrapped to record each event batch applied."""
+    from drainctl import launcher
+
+    launcher.without_rich()  # as the `drainctl` command does
     from drainctl import cli
     from drainctl.app import Controller
     from drainctl.inputs import EventsIn
