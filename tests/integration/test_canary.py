@@ -70,7 +70,7 @@ async def roll_out_under_load(harness: PoolHarness, ctl: Controller, app: Celery
 
 
 async def all_ended(records_dir: Path, sent: list[str]) -> None:
-    """Wait (up to 30 s) until every task sent has ended by its own record: the last ones sent may still be
+    """Wait (up to 120 s) until every task sent has ended by its own record: the last ones sent may still be
     queued when the load stops, and the workers must not be stopped before they ran."""
     wanted = set(sent)
 
@@ -78,7 +78,7 @@ async def all_ended(records_dir: Path, sent: list[str]) -> None:
         return wanted <= {r["uuid"] for r in read_records(records_dir) if r["event"] == "end"}
 
     with contextlib.suppress(AssertionError):  # the check that follows says which task, and how
-        await anyio.to_thread.run_sync(lambda: wait_until(ended, 30, "every task sent to end", interval=0.2))
+        await anyio.to_thread.run_sync(lambda: wait_until(ended, 120, "every task sent to end", interval=0.2))
 
 
 def canary_rollout(ctl: Controller) -> Rollout:

@@ -44,7 +44,7 @@ PER_ENGINE = 2
 
 
 async def all_ended(records_dir: Path, sent: list[str]) -> None:
-    """Wait (up to 30 s) until every task sent has ended by its own record: the last ones sent may still be
+    """Wait (up to 120 s) until every task sent has ended by its own record: the last ones sent may still be
     queued when the load stops, and the workers must not be removed before they ran."""
     wanted = set(sent)
 
@@ -52,7 +52,7 @@ async def all_ended(records_dir: Path, sent: list[str]) -> None:
         return wanted <= {r["uuid"] for r in read_records(records_dir) if r["event"] == "end"}
 
     with contextlib.suppress(AssertionError):  # the check that follows says which task, and how
-        await anyio.to_thread.run_sync(lambda: wait_until(ended, 30, "every task sent to end", interval=0.2))
+        await anyio.to_thread.run_sync(lambda: wait_until(ended, 120, "every task sent to end", interval=0.2))
 
 
 def free_port(address: str) -> int:
@@ -171,7 +171,7 @@ async def test_a_pool_spread_over_three_engines_rolls_out_under_load_within_each
     records = read_records(harness.records)
     starts = Counter(r["uuid"] for r in records if r["event"] == "start")
     ends = {r["uuid"] for r in records if r["event"] == "end"}
-    assert len(sent) > 20
+    assert len(sent) >= 10
     assert [u for u in sent if starts[u] != 1] == [], "lost or duplicated"
     assert [u for u in sent if u not in ends] == [], "interrupted"
     hosts = {r["hostname"] for r in records}
@@ -214,8 +214,9 @@ async def test_evacuating_an_engine_under_load_moves_its_workers_surge_first_and
                     async def load() -> None:
                         with anyio.move_on_after(150):
                             for i in range(600):
+                                # 2.5 tasks/s of 1.5 s on average: the 4 workers' 4 slots stay about busy.
                                 sent.append(await send(celery_app, harness.queue, 0.5 + (i % 5) * 0.5))
-                                await anyio.sleep(0.1)
+                                await anyio.sleep(0.4)
 
                     async def watch() -> None:
                         await ctl.wait_for(lambda: (within_caps(), False)[1], 300)
@@ -253,7 +254,7 @@ async def test_evacuating_an_engine_under_load_moves_its_workers_surge_first_and
     records = read_records(harness.records)
     starts = Counter(r["uuid"] for r in records if r["event"] == "start")
     ends = {r["uuid"] for r in records if r["event"] == "end"}
-    assert len(sent) > 20
+    assert len(sent) >= 10
     assert [u for u in sent if starts[u] != 1] == [], "lost or duplicated"
     assert [u for u in sent if u not in ends] == [], "interrupted"
 
@@ -327,7 +328,7 @@ async def test_an_engine_stopped_mid_rollout_holds_the_pool_until_it_is_back(
     records = read_records(harness.records)
     starts = Counter(r["uuid"] for r in records if r["event"] == "start")
     ends = {r["uuid"] for r in records if r["event"] == "end"}
-    assert len(sent) > 20
+    assert len(sent) >= 10
     assert [u for u in sent if starts[u] != 1] == [], "lost or duplicated"
     assert [u for u in sent if u not in ends] == [], "interrupted"
 
