@@ -254,7 +254,7 @@ host = "unix:///run/a/docker.sock"
 
 [[docker.engine]]
 name = "b"
-host = "tcp://10.1.2.3:2376"
+host = "tcp://192.0.2.10:2376"
 ca_file = "/etc/drainctl/ca.pem"
 cert_file = "/etc/drainctl/cert.pem"
 key_file = "/etc/drainctl/key.pem"
@@ -291,7 +291,7 @@ def test_a_docker_pool_spreads_over_every_engine_unless_it_names_some(tmp_path: 
         (("max_per_host = 2", "max_per_host = 1"),
          ":16: pool.0.replicas: replicas (3) + 1 is above max_per_host (1) x 2 engines"),
         (('name = "b"', 'name = "a"'), "engine names must be unique; repeated: a"),
-        (('host = "tcp://10.1.2.3:2376"', 'host = "ftp://x"'), ":8: docker.engine.1.host: must be unix:///"),
+        (('host = "tcp://192.0.2.10:2376"', 'host = "ftp://x"'), ":8: docker.engine.1.host: must be unix:///"),
         (('ca_file = "/etc/drainctl/ca.pem"\ncert_file = "/etc/drainctl/cert.pem"\nkey_file = "/etc/drainctl/key.pem"\n', ""),
          "is an engine's API on the network without TLS"),
         (('runtime = "docker"\nimage = "etl:1"', 'engines = ["a"]'), 'engines: only for a pool with runtime = "docker"'),

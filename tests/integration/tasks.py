@@ -7,6 +7,7 @@ app of its own for a private RabbitMQ node, and `worker_spec` describes a `celer
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 from functools import partial
@@ -18,6 +19,7 @@ import anyio.to_thread
 from celery import Celery
 
 from drainctl.runtime.base import WorkerSpec
+from tests.helpers import read_records, wait_until
 from tests.integration.conftest import REPO_ROOT
 from tests.integration.docker_support import IMAGE, host_binds
 
@@ -62,3 +64,15 @@ def worker_spec(name: str, queue: str, broker_url: str, record_dir: Path, *, pyt
              "PYTHONPATH": str(REPO_ROOT)},
         cwd=str(REPO_ROOT), stop_timeout_s=30, **docker_only,
     )
+
+
+async def all_ended(records_dir: Path, sent: list[str]) -> None:
+    """Wait (up to 120 s) until every task sent has ended by its own record: the last ones sent may still be
+    queued when the load stops, and the workers must not be stopped before they ran."""
+    wanted = set(sent)
+
+    def ended() -> bool:
+        return wanted <= {r["uuid"] for r in read_records(records_dir) if r["event"] == "end"}
+
+    with contextlib.suppress(AssertionError):  # the check that follows says which task, and how
+        await anyio.to_thread.run_sync(lambda: wait_until(ended, 120, "every task sent to end", interval=0.2))

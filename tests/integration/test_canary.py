@@ -3,7 +3,6 @@ healthy one is promoted through every step; no task is lost, duplicated or inter
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -20,10 +19,11 @@ from drainctl import http
 from drainctl.app import Controller
 from drainctl.core.rollout import Rollout
 from drainctl.runtime.process import ProcessRuntime
-from tests.helpers import read_records, wait_until
+from tests.helpers import read_records
 from tests.integration.conftest import REPO_ROOT
 from tests.integration.controllers import TOKEN, synced
 from tests.integration.pools import PoolHarness, pool_at, running
+from tests.integration.tasks import all_ended
 
 pytestmark = pytest.mark.anyio
 
@@ -67,18 +67,6 @@ async def roll_out_under_load(harness: PoolHarness, ctl: Controller, app: Celery
         tg.cancel_scope.cancel()
     await all_ended(harness.records, sent)
     return sent, holds
-
-
-async def all_ended(records_dir: Path, sent: list[str]) -> None:
-    """Wait (up to 120 s) until every task sent has ended by its own record: the last ones sent may still be
-    queued when the load stops, and the workers must not be stopped before they ran."""
-    wanted = set(sent)
-
-    def ended() -> bool:
-        return wanted <= {r["uuid"] for r in read_records(records_dir) if r["event"] == "end"}
-
-    with contextlib.suppress(AssertionError):  # the check that follows says which task, and how
-        await anyio.to_thread.run_sync(lambda: wait_until(ended, 120, "every task sent to end", interval=0.2))
 
 
 def canary_rollout(ctl: Controller) -> Rollout:

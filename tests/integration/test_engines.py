@@ -4,7 +4,6 @@ never above max_per_host on any engine, and rolls out under load with 0 lost, 0 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -27,13 +26,13 @@ from drainctl.core.placement import engine_of
 from drainctl.metrics import exposition, registry_for
 from drainctl.runtime.base import LABEL_CONTROLLER
 from drainctl.runtime.engines import docker_runtimes
-from tests.helpers import read_records, wait_until
+from tests.helpers import read_records
 from tests.integration.conftest import REPO_ROOT
 from tests.integration.controllers import TOKEN, synced
 from tests.integration.docker_support import IMAGE, host_binds
 from tests.integration.pools import ConsumerLog, PoolHarness, pool_at, toml_list
 from tests.integration.private_dockerd import PrivateDockerd, PrivateDockerdError
-from tests.integration.tasks import send
+from tests.integration.tasks import all_ended, send
 from tests.integration.tls_certs import TlsMaterial, make_tls_material
 
 pytestmark = pytest.mark.anyio
@@ -41,18 +40,6 @@ pytestmark = pytest.mark.anyio
 ADDRESSES = {"a": "127.0.0.2", "b": "127.0.0.3", "c": "127.0.0.4"}
 REPLICAS = 4
 PER_ENGINE = 2
-
-
-async def all_ended(records_dir: Path, sent: list[str]) -> None:
-    """Wait (up to 120 s) until every task sent has ended by its own record: the last ones sent may still be
-    queued when the load stops, and the workers must not be removed before they ran."""
-    wanted = set(sent)
-
-    def ended() -> bool:
-        return wanted <= {r["uuid"] for r in read_records(records_dir) if r["event"] == "end"}
-
-    with contextlib.suppress(AssertionError):  # the check that follows says which task, and how
-        await anyio.to_thread.run_sync(lambda: wait_until(ended, 120, "every task sent to end", interval=0.2))
 
 
 def free_port(address: str) -> int:
